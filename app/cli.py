@@ -1,0 +1,63 @@
+"""The `scout` command: run the service, or run one research job against a server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from app.config import ConfigError, Settings
+from app.logs import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return args.handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scout", description="Scout: research jobs with a human approval step.")
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", help="address to bind (default SCOUT_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default SCOUT_PORT or 8000)")
+    serve.set_defaults(handler=_serve)
+
+    research = commands.add_parser("research", help="submit a question to a running server and wait for the report")
+    research.add_argument("question", help="the research question")
+    research.add_argument("--base-url", default="http://127.0.0.1:8000", help="the server's URL (default %(default)s)")
+    research.add_argument("--approve", action="store_true", help="approve the drafted plan without asking")
+    research.add_argument("--follow", action="store_true", help="print events live as they arrive")
+    research.add_argument("--idempotency-key", help="send this Idempotency-Key with the submission")
+    research.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job (default %(default)s)")
+    research.set_defaults(handler=_research)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from app.main import create_app
+    from app.server import make_server
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"scout: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    server = make_server(create_app(settings), host, port, settings.log_level)
+    server.run()
+    return 0
+
+
+def _research(args: argparse.Namespace) -> int:
+    from app.client import run_research
+
+    return asyncio.run(run_research(args))

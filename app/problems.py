@@ -1,0 +1,134 @@
+"""RFC 9457 problem responses, and reading request bodies into validated models."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.errors import FieldError, InvalidRequest, PayloadTooLarge, ScoutError, UnsupportedMediaType
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_TYPE_BASE = "urn:scout:problem:"
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    type_suffix: str,
+    instance: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = {
+        "type": PROBLEM_TYPE_BASE + type_suffix,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "errors": [{"field": e.field, "message": e.message} for e in errors or []],
+    }
+    return Response(
+        orjson.dumps(body), status, headers=headers, media_type="application/problem+json"
+    )
+
+
+async def scout_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ScoutError)
+    logger.warning(
+        "%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.detail
+    )
+    return problem_response(
+        exc.status, exc.title, exc.detail, exc.type_suffix, request.url.path, exc.errors
+    )
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if exc.status_code != 404 else f"No route matches {request.url.path!r}."
+    return problem_response(
+        exc.status_code,
+        _reason(exc.status_code),
+        detail,
+        f"http-{exc.status_code}",
+        request.url.path,
+        headers=exc.headers,
+    )
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        500,
+        "Internal error",
+        "The server failed to handle this request; its log has the details.",
+        "internal",
+        request.url.path,
+    )
+
+
+async def read_json_model(request: Request, model: type[ModelT], max_bytes: int) -> ModelT:
+    """Read a JSON body of at most `max_bytes` bytes and validate it against `model`."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"The body must be JSON, but Content-Type is {media_type or 'missing'!r}.",
+            [FieldError("header.Content-Type", "Send Content-Type: application/json.")],
+        )
+
+    body = await _read_body(request, max_bytes)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"The body is not valid JSON: {exc}.",
+            [FieldError("body", "Send one JSON object encoded as UTF-8.")],
+        ) from None
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            FieldError(_location(error["loc"]), error["msg"])
+            for error in exc.errors(include_url=False)
+        ]
+        first = errors[0]
+        raise InvalidRequest(f"Invalid {first.field}: {first.message}.", errors) from None
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    too_large = PayloadTooLarge(
+        f"The body is larger than the limit of {max_bytes} bytes.",
+        [FieldError("body", f"Send at most {max_bytes} bytes.")],
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(["body", *(str(part) for part in loc)])
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

@@ -1,0 +1,39 @@
+"""Runs the app under uvicorn, ending event streams as soon as shutdown begins."""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+from starlette.applications import Starlette
+
+from app.service import Service
+
+
+class ScoutServer(uvicorn.Server):
+    """A uvicorn server that tells the service to end its event streams before draining.
+
+    uvicorn waits for open responses before it runs the lifespan shutdown, and an event
+    stream stays open until its job ends, so the streams must be told first.
+    """
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.service.begin_shutdown()
+        await super().shutdown(sockets)
+
+
+def make_server(app: Starlette, host: str, port: int, log_level: str = "info") -> ScoutServer:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=10,
+        # The app's own logging configuration applies; uvicorn adds its access log only.
+        log_config=None,
+    )
+    return ScoutServer(config, app.state.service)

@@ -1,0 +1,188 @@
+"""The service's operations on jobs, shared by the HTTP routes and the lifespan."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import orjson
+from langgraph.types import Command
+
+from graph.builder import build_graph
+from graph.providers.base import ResearchModel, SearchProvider
+
+from app import transitions
+from app.config import Settings
+from app.errors import FieldError, IdempotencyMismatch, InvalidRequest, JobNotFound
+from app.hub import Hub
+from app.jobs import JobRecord
+from app.providers import describe, make_model, make_search
+from app.runner import REJECTED_ERROR, JobRunner, status_events
+from app.schemas import ApprovalRequest, ResearchRequest
+from app.storage import NewJob, SqliteStorage
+from app.views import RunContent, job_view
+
+logger = logging.getLogger(__name__)
+
+VIEW_CACHE_SIZE = 10_000
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class CachedView:
+    version: int
+    terminal: bool
+    body: bytes
+
+
+class Service:
+    """Owns storage, the compiled graph, the event hub and the runner of one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: ResearchModel | None = None,
+        search: SearchProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = model or make_model(settings)
+        self.search = search or make_search(settings)
+        self.storage = SqliteStorage(settings.data_dir)
+        self.hub = Hub(self.storage, settings.sse_window, settings.event_poll_s)
+        self.runner: JobRunner
+        self._views: OrderedDict[str, CachedView] = OrderedDict()
+        self._exit_stack = AsyncExitStack()
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        """Open storage and the checkpointer, compile the graph and resume unfinished jobs."""
+        await self.storage.open()
+        checkpointer = await self._exit_stack.enter_async_context(self.storage.checkpointer())
+        if hasattr(self.search, "open"):
+            await self.search.open()
+            self._exit_stack.push_async_callback(self.search.close)
+        graph = build_graph(self.model, self.search, checkpointer)
+        self.runner = JobRunner(self.storage, graph, self.hub, self.settings.max_concurrent_jobs)
+        logger.info("service started: %s", describe(self.model, self.search, self.settings))
+        await self.runner.recover()
+
+    def begin_shutdown(self) -> None:
+        """End open event streams at once, so the server can stop without waiting for them."""
+        self.hub.close()
+
+    async def stop(self) -> None:
+        self.hub.close()
+        await self.runner.stop()
+        await self._exit_stack.aclose()
+        await self.storage.close()
+        logger.info("service stopped")
+
+    async def submit(self, request: ResearchRequest, idempotency_key: str | None) -> tuple[JobRecord, bool]:
+        """Create a job and start planning it; a repeated idempotency key returns the first job."""
+        self._check_question(request.question)
+        key = _check_idempotency_key(idempotency_key)
+        request_hash = hashlib.sha256(orjson.dumps(request.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
+        job = NewJob(
+            id=str(uuid.uuid4()),
+            question=request.question,
+            idempotency_key=key,
+            request_hash=request_hash if key else None,
+            model=self.model.name,
+            search=self.search.name,
+            created_at=time.time(),
+        )
+
+        record, created = await self.storage.create_job(job, status_events(RunContent()))
+        if not created:
+            if record.request_hash != request_hash:
+                raise IdempotencyMismatch(
+                    f"Idempotency-Key {key!r} was first used with a different body.",
+                    [FieldError("header.Idempotency-Key", "Use a new key for a different request.")],
+                )
+            logger.info("job=%s returned again for idempotency key", record.id)
+            return record, False
+
+        logger.info("job=%s created model=%s search=%s", record.id, record.model, record.search)
+        self.runner.start(record.id, {"question": record.question}, RunContent())
+        return record, True
+
+    async def approve(self, job_id: str, request: ApprovalRequest) -> bytes:
+        """Apply a person's decision: run the (possibly edited) plan, or end the job."""
+        await self.require_job(job_id)
+        decision = request.resume_value()
+        content = await self.runner.load_content(job_id)
+        if request.edited_plan is not None:
+            content.plan, content.plan_edited = decision["edited_plan"], True  # type: ignore[assignment]
+
+        if request.approved:
+            record, events = await transitions.transition(
+                self.storage, job_id, "running", status_events(content),
+                expected=["awaiting_approval"], action="be approved", fields={"decision": decision},
+            )
+            self.hub.publish(job_id, events)
+            self.runner.start(job_id, Command(resume=decision), content)
+        else:
+            record, events = await transitions.transition(
+                self.storage, job_id, "failed", status_events(content, ("error", {"error": REJECTED_ERROR})),
+                expected=["awaiting_approval"], action="be rejected",
+                fields={"decision": decision, "error": REJECTED_ERROR},
+            )
+            self.hub.publish(job_id, events)
+            await self.runner.record_rejection(job_id, decision)
+        return orjson.dumps(job_view(record, content))
+
+    async def view(self, job_id: str) -> bytes:
+        """Return the job view as JSON; finished jobs never change, so theirs is cached."""
+        cached = self._views.get(job_id)
+        if cached is not None and cached.terminal:
+            return cached.body
+
+        record = await self.require_job(job_id)
+        if cached is not None and cached.version == record.version:
+            return cached.body
+
+        live = self.runner.live_content(job_id)
+        content = live or await self.runner.load_content(job_id)
+        body = orjson.dumps(job_view(record, content))
+        if live is None and record.status != "running" and record.status != "pending":
+            self._cache_view(job_id, CachedView(record.version, record.terminal, body))
+        return body
+
+    async def list_jobs(self, status: str | None, limit: int, before: tuple[float, str] | None) -> list[JobRecord]:
+        return await self.storage.list_jobs(status, limit, before)
+
+    async def require_job(self, job_id: str) -> JobRecord:
+        record = await self.storage.get_job(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        return record
+
+    def _check_question(self, question: str) -> None:
+        limit = self.settings.max_question_chars
+        if len(question) > limit:
+            raise InvalidRequest(
+                f"The question has {len(question)} characters; the limit is {limit}.",
+                [FieldError("body.question", f"Shorten the question to at most {limit} characters.")],
+            )
+
+    def _cache_view(self, job_id: str, view: CachedView) -> None:
+        self._views[job_id] = view
+        self._views.move_to_end(job_id)
+        if len(self._views) > VIEW_CACHE_SIZE:
+            self._views.popitem(last=False)
+
+
+def _check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable() or not key.isascii():
+        raise InvalidRequest(
+            "The Idempotency-Key header is invalid.",
+            [FieldError("header.Idempotency-Key", f"Use 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters.")],
+        )
+    return key

@@ -1,0 +1,77 @@
+"""What the service needs from a storage backend; SQLite implements it today."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from app.jobs import JobRecord, StoredEvent
+
+EventDraft = tuple[str, bytes]
+"""An event name and its JSON data, before the store gives it an id."""
+
+EventsFor = Callable[[JobRecord], Sequence[EventDraft]]
+"""Builds the events to store with a change, from the job record as changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """The fields of a job at creation."""
+
+    id: str
+    question: str
+    idempotency_key: str | None
+    request_hash: str | None
+    model: str
+    search: str
+    created_at: float
+
+
+class JobConflict(Exception):
+    """A compare-and-set found the job in another status than the change expects."""
+
+    def __init__(self, job_id: str, status: str | None) -> None:
+        super().__init__(f"job {job_id!r} is {status!r}")
+        self.job_id = job_id
+        self.status = status
+
+
+class Storage(Protocol):
+    """Jobs, their event log and the LangGraph checkpointer, behind one narrow interface."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def checkpointer(self) -> AbstractAsyncContextManager[BaseCheckpointSaver]: ...
+
+    async def create_job(
+        self, job: NewJob, events_for: EventsFor
+    ) -> tuple[JobRecord, bool]: ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    async def list_jobs(
+        self, status: str | None, limit: int, before: tuple[float, str] | None
+    ) -> list[JobRecord]: ...
+
+    async def jobs_with_status(self, statuses: Iterable[str]) -> list[JobRecord]: ...
+
+    async def compare_and_set(
+        self,
+        job_id: str,
+        expected: Iterable[str],
+        status: str,
+        fields: dict[str, Any],
+        events_for: EventsFor,
+    ) -> tuple[JobRecord, list[StoredEvent], str]: ...
+
+    async def append_events(
+        self, job_id: str, events: Sequence[EventDraft], bump_version: bool
+    ) -> list[StoredEvent]: ...
+
+    async def read_events(self, job_id: str, after_id: int, limit: int) -> list[StoredEvent]: ...

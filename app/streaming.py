@@ -1,0 +1,64 @@
+"""A subscriber's Server-Sent Events stream: stored history first, then live events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+
+from app.hub import Hub
+from app.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+REPLAY_BATCH = 500
+RETRY_MS = 2000
+WAIT_S = 30.0
+
+
+def reconnect_frame(last_event_id: int, reason: str) -> bytes:
+    """Build the final `reconnect` event; it has no id, so the client's last id stays valid."""
+    data = orjson.dumps({"last_event_id": last_event_id, "reason": reason})
+    return b"event: reconnect\ndata: %s\n\n" % data
+
+
+async def job_events(storage: Storage, hub: Hub, job_id: str, cursor: int) -> AsyncIterator[bytes]:
+    """Yield every event after `cursor` once, in order, and end after the job's `end` event.
+
+    The subscription is taken before the replay, so nothing published meanwhile is missed.
+    A subscriber that falls behind the in-memory window, or a server that shuts down,
+    gets a `reconnect` event and the stream ends.
+    """
+    yield b"retry: %d\n\n" % RETRY_MS
+    with hub.subscription(job_id) as channel:
+        logger.debug("job=%s subscriber joined after event %d", job_id, cursor)
+
+        # Replay what is stored, in pages, until the store has nothing newer.
+        while True:
+            stored = await storage.read_events(job_id, cursor, REPLAY_BATCH)
+            if stored:
+                yield b"".join(event.frame for event in stored)
+                cursor = stored[-1].id
+                if stored[-1].event == "end":
+                    return
+            if len(stored) < REPLAY_BATCH:
+                break
+
+        # Follow the channel; each wake-up sends everything published since the last one.
+        while True:
+            events = channel.since(cursor)
+            if events is None:
+                logger.info("job=%s subscriber fell behind at event %d; asked to reconnect", job_id, cursor)
+                yield reconnect_frame(cursor, "fell behind the live window")
+                return
+            if events:
+                yield b"".join(event.frame for event in events)
+                cursor = events[-1].id
+                if events[-1].event == "end":
+                    return
+                continue
+            if channel.closed:
+                yield reconnect_frame(cursor, "server shutting down")
+                return
+            await channel.wait(WAIT_S)

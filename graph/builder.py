@@ -1,0 +1,30 @@
+"""Assembles the research graph: plan -> approve -> research (per step) -> write."""
+
+from __future__ import annotations
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from graph.nodes import Nodes, after_approval, after_research
+from graph.providers.base import ResearchModel, SearchProvider
+from graph.state import ResearchState
+
+
+def build_graph(
+    model: ResearchModel, search: SearchProvider, checkpointer: BaseCheckpointSaver | None
+) -> CompiledStateGraph:
+    """Compile the graph; one compiled graph serves every job of a process."""
+    nodes = Nodes(model, search)
+    builder = StateGraph(ResearchState)
+    builder.add_node("plan", nodes.plan)
+    builder.add_node("approve", nodes.approve)
+    builder.add_node("research", nodes.research)
+    builder.add_node("write", nodes.write)
+
+    builder.add_edge(START, "plan")
+    builder.add_edge("plan", "approve")
+    builder.add_conditional_edges("approve", after_approval, ["research", END])
+    builder.add_conditional_edges("research", after_research, ["research", "write"])
+    builder.add_edge("write", END)
+    return builder.compile(checkpointer=checkpointer)

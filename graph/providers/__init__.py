@@ -1,0 +1,1 @@
+"""Model and search providers the graph's nodes call through narrow protocols."""

@@ -1,0 +1,30 @@
+"""The graph's state: what each node reads and writes on a job's thread."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+
+class Source(TypedDict):
+    """A document the researcher gathered; `id` is the number a citation `[n]` uses."""
+
+    id: int
+    url: str
+    title: str
+    content: str
+    query: str
+
+
+class ResearchState(TypedDict, total=False):
+    """State of one research run. Plans are stored as plain dicts so checkpoints stay JSON-like."""
+
+    question: str
+    plan: dict[str, Any]
+    plan_edited: bool
+    approved: bool
+    step_index: int
+    sources: Annotated[list[Source], operator.add]
+    report: str
+    citations: list[int]
+    model: str
