@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scout", description="Scout: research jobs with a human approval step.")
+    parser = argparse.ArgumentParser(
+        prog="scout", description="Scout: research jobs with a human approval step."
+    )
     commands = parser.add_subparsers(dest="command")
 
     serve = commands.add_parser("serve", help="run the HTTP service")
@@ -28,14 +30,33 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default SCOUT_PORT or 8000)")
     serve.set_defaults(handler=_serve)
 
-    research = commands.add_parser("research", help="submit a question to a running server and wait for the report")
+    research = commands.add_parser(
+        "research", help="submit a question to a running server and wait for the report"
+    )
     research.add_argument("question", help="the research question")
-    research.add_argument("--base-url", default="http://127.0.0.1:8000", help="the server's URL (default %(default)s)")
-    research.add_argument("--approve", action="store_true", help="approve the drafted plan without asking")
+    research.add_argument(
+        "--base-url", default="http://127.0.0.1:8000", help="the server's URL (default %(default)s)"
+    )
+    research.add_argument(
+        "--approve", action="store_true", help="approve the drafted plan without asking"
+    )
     research.add_argument("--follow", action="store_true", help="print events live as they arrive")
     research.add_argument("--idempotency-key", help="send this Idempotency-Key with the submission")
-    research.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job (default %(default)s)")
+    research.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the job (default %(default)s)",
+    )
     research.set_defaults(handler=_research)
+
+    from app.loadtest import add_arguments
+
+    loadtest = commands.add_parser(
+        "loadtest", help="run many jobs against a server and report latency and throughput"
+    )
+    add_arguments(loadtest)
+    loadtest.set_defaults(handler=_loadtest)
     return parser
 
 
@@ -55,6 +76,15 @@ def _serve(args: argparse.Namespace) -> int:
     server = make_server(create_app(settings), host, port, settings.log_level)
     server.run()
     return 0
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    from app.loadtest import main as run_loadtest
+
+    if args.jobs < 1 or args.concurrency < 1:
+        print("scout: --jobs and --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    return run_loadtest(args)
 
 
 def _research(args: argparse.Namespace) -> int:

@@ -99,7 +99,12 @@ async def follow(client: httpx.AsyncClient, job_id: str, auto_approve: bool) -> 
 
 
 async def _show(
-    client: httpx.AsyncClient, job_id: str, name: str, data: dict[str, Any], auto_approve: bool, status: str
+    client: httpx.AsyncClient,
+    job_id: str,
+    name: str,
+    data: dict[str, Any],
+    auto_approve: bool,
+    status: str,
 ) -> str:
     if name == "status" and data["status"] != status:
         status = data["status"]
@@ -142,7 +147,10 @@ def _checked(response: httpx.Response) -> dict[str, Any]:
             detail = problem.get("detail") or response.text
         except ValueError:
             detail = response.text
-        raise ClientError(f"{response.request.method} {response.request.url.path} failed ({response.status_code}): {detail}")
+        request = response.request
+        raise ClientError(
+            f"{request.method} {request.url.path} failed ({response.status_code}): {detail}"
+        )
     return response.json()
 
 

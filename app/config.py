@@ -39,6 +39,13 @@ class Settings:
     sse_window: int
     event_poll_s: float
     call_timeout_s: float
+    job_timeout_s: float
+    shutdown_grace_s: float
+    lease_ttl_s: float
+    llm_rpm: float
+    llm_max_tries: int
+    search_max_tries: int
+    retry_base_s: float
     offline_report_tokens: int | None
     offline_token_delay_s: float
     log_level: str
@@ -51,10 +58,16 @@ class Settings:
 
         nvidia_key = reader.secret("NVIDIA_API_KEY")
         tavily_key = reader.secret("TAVILY_API_KEY")
-        llm = reader.choice("SCOUT_LLM", ("nvidia", "offline"), "nvidia" if nvidia_key else "offline")
-        search = reader.choice("SCOUT_SEARCH", ("tavily", "local"), "tavily" if tavily_key else "local")
+        llm = reader.choice(
+            "SCOUT_LLM", ("nvidia", "offline"), "nvidia" if nvidia_key else "offline"
+        )
+        search = reader.choice(
+            "SCOUT_SEARCH", ("tavily", "local"), "tavily" if tavily_key else "local"
+        )
         if llm == "nvidia" and not nvidia_key:
-            raise ConfigError("SCOUT_LLM=nvidia needs NVIDIA_API_KEY; set it or use SCOUT_LLM=offline.")
+            raise ConfigError(
+                "SCOUT_LLM=nvidia needs NVIDIA_API_KEY; set it or use SCOUT_LLM=offline."
+            )
         if search == "tavily" and not tavily_key:
             raise ConfigError(
                 "SCOUT_SEARCH=tavily needs TAVILY_API_KEY; set it or use SCOUT_SEARCH=local."
@@ -79,7 +92,16 @@ class Settings:
             sse_window=reader.integer("SCOUT_SSE_WINDOW", 4096, 16, 1_000_000),
             event_poll_s=reader.number("SCOUT_EVENT_POLL_S", 0.25, 0.01, 60.0),
             call_timeout_s=reader.number("SCOUT_CALL_TIMEOUT_S", 120.0, 0.1, 3600.0),
-            offline_report_tokens=reader.optional_integer("SCOUT_OFFLINE_REPORT_TOKENS", 1, 10_000_000),
+            job_timeout_s=reader.number("SCOUT_JOB_TIMEOUT_S", 1800.0, 0.1, 86_400.0),
+            shutdown_grace_s=reader.number("SCOUT_SHUTDOWN_GRACE_S", 10.0, 0.0, 3600.0),
+            lease_ttl_s=reader.number("SCOUT_LEASE_TTL_S", 15.0, 0.2, 3600.0),
+            llm_rpm=reader.number("SCOUT_LLM_RPM", 40.0, 0.1, 1_000_000.0),
+            llm_max_tries=reader.integer("SCOUT_LLM_MAX_TRIES", 6, 1, 100),
+            search_max_tries=reader.integer("SCOUT_SEARCH_MAX_TRIES", 3, 1, 100),
+            retry_base_s=reader.number("SCOUT_RETRY_BASE_S", 1.0, 0.001, 600.0),
+            offline_report_tokens=reader.optional_integer(
+                "SCOUT_OFFLINE_REPORT_TOKENS", 1, 10_000_000
+            ),
             offline_token_delay_s=reader.number("SCOUT_OFFLINE_TOKEN_DELAY_MS", 0.0, 0.0, 10_000.0)
             / 1000,
             log_level=(env.get("SCOUT_LOG_LEVEL") or "INFO").upper(),

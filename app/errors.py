@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class FieldError:
-    """One invalid part of a request: where it is (`body.question`, `header.Last-Event-ID`) and the fix."""
+    """One invalid part of a request and its fix; `field` is a path like `body.question`."""
 
     field: str
     message: str

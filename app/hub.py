@@ -68,14 +68,14 @@ class Channel:
             return None
         return self._events[cursor + 1 - self.first_id :]
 
-    async def wait(self, timeout: float) -> None:
-        """Wait until the next publish or close, or until `timeout` seconds pass."""
+    async def wait(self, max_wait_s: float) -> None:
+        """Wait until the next publish or close, or until `max_wait_s` seconds pass."""
         if self.closed:
             return
         if self._changed is None or self._changed.done():
             self._changed = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._changed), timeout)
+            await asyncio.wait_for(asyncio.shield(self._changed), max_wait_s)
 
     def close(self) -> None:
         self.closed = True

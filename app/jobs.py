@@ -9,18 +9,21 @@ import orjson
 
 JobStatus = Literal["pending", "awaiting_approval", "running", "done", "partial", "failed"]
 JOB_STATUSES: tuple[JobStatus, ...] = (
-    "pending", "awaiting_approval", "running", "done", "partial", "failed",
+    "pending",
+    "awaiting_approval",
+    "running",
+    "done",
+    "partial",
+    "failed",
 )
 TERMINAL_STATUSES: frozenset[str] = frozenset({"done", "partial", "failed"})
 
-EventName = Literal[
-    "status", "plan", "source", "token", "report", "error", "end", "reconnect"
-]
+EventName = Literal["status", "plan", "source", "token", "report", "error", "end", "reconnect"]
 
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """One row of the job registry. Run content (plan, sources, report) lives in the checkpointer."""
+    """One row of the job registry; run content (plan, sources, report) is in the checkpointer."""
 
     id: str
     status: JobStatus

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.responses import FileResponse, Response
 from starlette.requests import Request
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -56,12 +56,15 @@ def _routes(settings: Settings) -> list[Route | Mount]:
         Route("/research", routes.list_research, methods=["GET"]),
         Route("/status/{job_id}", routes.get_status, methods=["GET"]),
         Route("/research/{job_id}/approve", routes.approve, methods=["POST"]),
+        Route("/research/{job_id}/cancel", routes.cancel, methods=["POST"]),
         Route("/research/{job_id}/events", routes.job_event_stream, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     if settings.search == "local":
         # Local sources cite `corpus/<path>#<section>`; this serves those files to readers.
-        table.append(Mount("/corpus", StaticFiles(directory=_existing(settings.corpus_dir), check_dir=False)))
+        table.append(
+            Mount("/corpus", StaticFiles(directory=_existing(settings.corpus_dir), check_dir=False))
+        )
     return table
 
 

@@ -44,9 +44,7 @@ def problem_response(
 
 async def scout_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ScoutError)
-    logger.warning(
-        "%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.detail
-    )
+    logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.detail)
     return problem_response(
         exc.status, exc.title, exc.detail, exc.type_suffix, request.url.path, exc.errors
     )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from app.config import Settings
 from graph.providers.base import ResearchModel, SearchProvider
 from graph.providers.corpus import LocalCorpus
 from graph.providers.offline import OfflineModel
-
-from app.config import Settings
+from graph.providers.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,14 @@ def make_model(settings: Settings) -> ResearchModel:
         model=settings.model,
         base_url=settings.nvidia_base_url,
         timeout_s=settings.call_timeout_s,
+        requests_per_minute=settings.llm_rpm,
+        policy=RetryPolicy(max_tries=settings.llm_max_tries, base_s=settings.retry_base_s),
     )
+
+
+def search_policy(settings: Settings) -> RetryPolicy:
+    """Return the retry policy of search calls: fewer tries than model calls, same pace."""
+    return RetryPolicy(max_tries=settings.search_max_tries, base_s=settings.retry_base_s / 2)
 
 
 def make_search(settings: Settings) -> SearchProvider:

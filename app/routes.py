@@ -26,7 +26,9 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
-def _json(body: bytes | object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def _json(
+    body: bytes | object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     return Response(content, status, headers=headers, media_type="application/json")
 
@@ -41,7 +43,9 @@ async def create_research(request: Request) -> Response:
     headers = {"Location": location}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return _json({"job_id": record.id, "status": record.status, "links": {"self": location}}, 202, headers)
+    return _json(
+        {"job_id": record.id, "status": record.status, "links": {"self": location}}, 202, headers
+    )
 
 
 async def get_status(request: Request) -> Response:
@@ -55,9 +59,17 @@ async def approve(request: Request) -> Response:
     if body.edited_plan is not None and not body.approved:
         raise InvalidRequest(
             "An edited_plan was sent with approved=false.",
-            [FieldError("body.edited_plan", "Send edited_plan only with approved=true, or omit it.")],
+            [
+                FieldError(
+                    "body.edited_plan", "Send edited_plan only with approved=true, or omit it."
+                )
+            ],
         )
     return _json(await service.approve(job_id, body))
+
+
+async def cancel(request: Request) -> Response:
+    return _json(await _service(request).cancel(request.path_params["job_id"]))
 
 
 async def list_research(request: Request) -> Response:
@@ -73,7 +85,9 @@ async def list_research(request: Request) -> Response:
 
     records = await service.list_jobs(status, limit, before)
 
-    next_cursor = _encode_cursor(records[-1].created_at, records[-1].id) if len(records) == limit else None
+    next_cursor = (
+        _encode_cursor(records[-1].created_at, records[-1].id) if len(records) == limit else None
+    )
     return _json({"jobs": [job_summary(r) for r in records], "next_cursor": next_cursor})
 
 
@@ -98,6 +112,7 @@ async def health(request: Request) -> Response:
             "model": service.model.name,
             "search": service.search.name,
             "active_runs": service.runner.active_runs,
+            "queued_runs": service.runner.queued_runs,
             "subscribers": service.hub.subscriber_count,
         }
     )
@@ -134,5 +149,6 @@ def _decode_cursor(raw: str | None) -> tuple[float, str] | None:
         return float(created_at), str(job_id)
     except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
         raise InvalidRequest(
-            "Invalid cursor.", [FieldError("query.cursor", "Pass next_cursor from the previous page unchanged.")]
+            "Invalid cursor.",
+            [FieldError("query.cursor", "Pass next_cursor from the previous page unchanged.")],
         ) from None

@@ -1,32 +1,43 @@
 """Runs jobs' graph threads in asyncio tasks and turns their stream into stored events.
 
 A run is one `graph.astream` call on the job's thread: the planning run ends at the
-approval interrupt, and the research run resumes it with the person's decision. At most
-`max_concurrent` runs execute at once; the others wait for a slot.
+approval interrupt, and the research run resumes it with the person's decision. At
+most `max_concurrent_jobs` runs execute at once; the others wait for a slot.
+
+A run first claims the job's lease, renews it while it runs and gives it up at the
+end, so several processes on one database never run the same job at once. Jobs whose
+lease expired because their process died are taken over by the lease loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from typing import Any
 
 import orjson
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
+from app.config import Settings
 from app.errors import IllegalTransition
 from app.hub import Hub
 from app.jobs import JobRecord
 from app.recorder import EventRecorder
-from app.storage import Storage
+from app.storage import LeaseLost, Storage
 from app.views import RunContent, job_view, source_summary
 
 logger = logging.getLogger(__name__)
 
 STREAM_MODES = ["updates", "custom"]
 REJECTED_ERROR = "The plan was rejected at review, so nothing was researched."
+CANCELLED_ERROR = "cancelled"
+RECOVER = object()
+"""Run input meaning: read the thread's state after claiming the job and continue from it."""
 
 
 def thread_config(job_id: str) -> dict[str, Any]:
@@ -48,89 +59,166 @@ def status_events(content: RunContent, *extra: tuple[str, Any]):  # type: ignore
 
 
 class JobRunner:
-    """Owns this process's run tasks and the live content of the jobs they run."""
+    """Owns this process's run tasks, their leases and the live content of the jobs they run."""
 
     def __init__(
-        self, storage: Storage, graph: CompiledStateGraph, hub: Hub, max_concurrent: int
+        self, storage: Storage, graph: CompiledStateGraph, hub: Hub, settings: Settings
     ) -> None:
         self.storage = storage
         self.graph = graph
         self.hub = hub
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self.settings = settings
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._claimed: set[str] = set()
+        self._cancelled: set[str] = set()
         self._live: dict[str, RunContent] = {}
+        self._draining = False
+        self._lease_loop: asyncio.Task[None] | None = None
 
     @property
     def active_runs(self) -> int:
-        return len(self._tasks)
+        return len(self._claimed)
+
+    @property
+    def queued_runs(self) -> int:
+        return len(self._tasks) - len(self._claimed)
 
     def live_content(self, job_id: str) -> RunContent | None:
         """Return the content of a job running here; it is newer than its last checkpoint."""
         return self._live.get(job_id)
 
     async def load_content(self, job_id: str) -> RunContent:
-        """Read a job's content from its latest checkpoint."""
+        """Return a job's live content, or read it from its latest checkpoint."""
         live = self._live.get(job_id)
         if live is not None:
             return live
         state = await self.graph.aget_state(thread_config(job_id))
         return RunContent.from_values(state.values or {})
 
-    def start(self, job_id: str, run_input: Any, content: RunContent | None = None) -> None:
-        """Start a run of the job's thread in a task; `run_input` is a question, a Command or None."""
+    async def begin(self) -> None:
+        """Resume orphaned jobs now, then keep leases fresh and look for orphans periodically."""
+        await self._adopt_orphans()
+        self._lease_loop = asyncio.create_task(self._maintain_leases(), name="lease-loop")
+
+    def start(
+        self, job_id: str, run_input: Any = RECOVER, content: RunContent | None = None
+    ) -> None:
+        """Start a run in a task; `run_input` is a question, a Command, None, or RECOVER."""
+        if self._draining:
+            logger.info("job=%s not started: the server is shutting down", job_id)
+            return
         if job_id in self._tasks:
-            logger.warning("job=%s already has a run in this process; not starting another", job_id)
+            logger.debug("job=%s already has a run in this process", job_id)
             return
         task = asyncio.create_task(self._run(job_id, run_input, content), name=f"run-{job_id}")
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
+    def cancel(self, job_id: str) -> None:
+        """Stop a local run of a job that was just cancelled; its status is already final."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            self._cancelled.add(job_id)
+            task.cancel()
+
     async def record_rejection(self, job_id: str, decision: dict[str, Any]) -> None:
         """Resume the thread with a rejection so its checkpoint records the decision."""
         await self.graph.ainvoke(Command(resume=decision), thread_config(job_id))
 
-    async def recover(self) -> None:
-        """Resume the jobs a previous process left `pending` or `running`."""
-        for record in await self.storage.jobs_with_status(["pending", "running"]):
-            state = await self.graph.aget_state(thread_config(record.id))
-            content = RunContent.from_values(state.values or {})
-            waiting = bool(state.interrupts)
+    def begin_drain(self) -> None:
+        """Stop taking new work; runs in flight continue until `stop`."""
+        self._draining = True
 
-            if record.status == "pending" and waiting:
-                await self._await_approval(EventRecorder(record.id, self.storage, self.hub), content)
-                continue
-            if record.status == "pending":
-                run_input = None if state.values else {"question": record.question}
-            else:
-                run_input = Command(resume=record.decision) if waiting else None
-            logger.info("job=%s recovering from status=%s", record.id, record.status)
-            self.start(record.id, run_input, content)
+    async def stop(self, grace_s: float) -> None:
+        """Give runs `grace_s` seconds to finish, cancel the rest and release their leases.
 
-    async def stop(self) -> None:
-        """Cancel every run of this process; their jobs resume from checkpoints on the next start."""
+        A cancelled run resumes from its last checkpoint on the next start, so at most
+        the step it was in is executed again.
+        """
+        self._draining = True
         tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            logger.info("waiting up to %.1f s for %d runs", grace_s, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._lease_loop is not None:
+            self._lease_loop.cancel()
+            await asyncio.gather(self._lease_loop, return_exceptions=True)
 
     async def _run(self, job_id: str, run_input: Any, content: RunContent | None) -> None:
         async with self._slots:
-            with self.hub.publishing(job_id):
-                recorder = EventRecorder(job_id, self.storage, self.hub)
-                if content is None:
-                    content = await self.load_content(job_id)
+            if self._draining or not await self.storage.claim(
+                job_id, self.owner, self.settings.lease_ttl_s
+            ):
+                logger.debug("job=%s is leased elsewhere or finished; not running it", job_id)
+                return
+            self._claimed.add(job_id)
+            try:
+                with self.hub.publishing(job_id):
+                    await self._run_claimed(job_id, run_input, content)
+            finally:
+                self._claimed.discard(job_id)
+                self._cancelled.discard(job_id)
+                self._live.pop(job_id, None)
+                await asyncio.shield(self.storage.release([job_id], self.owner))
+
+    async def _run_claimed(self, job_id: str, run_input: Any, content: RunContent | None) -> None:
+        recorder = EventRecorder(job_id, self.storage, self.hub, self.owner)
+        content = content or await self.load_content(job_id)
+        self._live[job_id] = content
+        try:
+            if run_input is RECOVER:
+                run_input, content = await self._recovery_input(job_id, recorder)
                 self._live[job_id] = content
-                try:
-                    await self._execute(job_id, run_input, content, recorder)
-                except asyncio.CancelledError:
-                    logger.info("job=%s run cancelled; it resumes from its last checkpoint", job_id)
-                    raise
-                except Exception as exc:
-                    logger.exception("job=%s run failed", job_id)
-                    await self._fail(recorder, content, exc)
-                finally:
-                    await recorder.close()
-                    self._live.pop(job_id, None)
+                if run_input is RECOVER:
+                    return
+            async with asyncio.timeout(self.settings.job_timeout_s):
+                await self._execute(job_id, run_input, content, recorder)
+        except asyncio.CancelledError:
+            if job_id in self._cancelled:
+                logger.info("job=%s run stopped: the job was cancelled", job_id)
+                return
+            logger.info("job=%s run interrupted; it resumes from its last checkpoint", job_id)
+            raise
+        except LeaseLost:
+            logger.warning("job=%s lost its lease to another process; run stopped", job_id)
+        except TimeoutError:
+            limit = self.settings.job_timeout_s
+            logger.warning("job=%s timed out after %.0f s", job_id, limit)
+            await self._give_up(recorder, content, f"The job did not finish within {limit:.0f} s.")
+        except Exception as exc:
+            logger.exception("job=%s run failed", job_id)
+            await self._give_up(
+                recorder,
+                content,
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+            )
+        finally:
+            await recorder.close()
+
+    async def _recovery_input(self, job_id: str, recorder: EventRecorder) -> tuple[Any, RunContent]:
+        """Decide how to continue a job found unfinished; RECOVER means nothing is left to run."""
+        record = await self.storage.get_job(job_id)
+        state = await self.graph.aget_state(thread_config(job_id))
+        content = RunContent.from_values(state.values or {})
+        if record is None or record.terminal:
+            return RECOVER, content
+        logger.info("job=%s recovering from status=%s next=%s", job_id, record.status, state.next)
+
+        if record.status == "pending" and state.interrupts:
+            await self._await_approval(recorder, content)
+            return RECOVER, content
+        if "write" in state.next:
+            recorder.restart_report()
+        if record.status == "pending":
+            return (None if state.values else {"question": record.question}), content
+        if state.interrupts:
+            return Command(resume=record.decision), content
+        return None, content
 
     async def _execute(
         self, job_id: str, run_input: Any, content: RunContent, recorder: EventRecorder
@@ -138,7 +226,9 @@ class JobRunner:
         started = time.perf_counter()
         interrupted = False
 
-        stream = self.graph.astream(run_input, thread_config(job_id), stream_mode=STREAM_MODES)
+        stream = self.graph.astream(
+            run_input, thread_config(job_id), stream_mode=STREAM_MODES, durability="sync"
+        )
         async for mode, chunk in stream:
             if mode == "custom":
                 recorder.token(chunk["token"])
@@ -147,7 +237,9 @@ class JobRunner:
 
         logger.info(
             "job=%s run finished: interrupted=%s run_ms=%.0f",
-            job_id, interrupted, (time.perf_counter() - started) * 1000,
+            job_id,
+            interrupted,
+            (time.perf_counter() - started) * 1000,
         )
         if interrupted:
             await self._await_approval(recorder, content)
@@ -187,7 +279,11 @@ class JobRunner:
 
     async def _await_approval(self, recorder: EventRecorder, content: RunContent) -> None:
         await recorder.transition(
-            "awaiting_approval", status_events(content), expected=["pending"], action="await approval"
+            "awaiting_approval",
+            status_events(content),
+            expected=["pending"],
+            action="await approval",
+            fields={"lease_owner": None},
         )
 
     async def _complete(self, recorder: EventRecorder, content: RunContent) -> None:
@@ -197,19 +293,73 @@ class JobRunner:
             "citations": content.citations,
         }
         await recorder.transition(
-            "done", status_events(content, ("report", report)), action="complete"
+            "done",
+            status_events(content, ("report", report)),
+            action="complete",
+            fields={"lease_owner": None},
         )
 
-    async def _fail(self, recorder: EventRecorder, content: RunContent, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    async def _give_up(self, recorder: EventRecorder, content: RunContent, error: str) -> None:
+        """End a job that cannot finish: `partial` when it gathered sources, else `failed`."""
         try:
             await recorder.drain()
         except Exception:
-            logger.warning("job=%s could not store queued tokens before failing", recorder.job_id)
+            logger.warning("job=%s could not store queued tokens before giving up", recorder.job_id)
+
+        record = await self.storage.get_job(recorder.job_id)
+        fields = {"error": error, "lease_owner": None}
         try:
-            await recorder.transition(
-                "failed", status_events(content, ("error", {"error": error})),
-                action="fail", fields={"error": error},
-            )
-        except IllegalTransition:
-            logger.warning("job=%s finished elsewhere before its failure was stored", recorder.job_id)
+            if record is not None and record.status == "running" and content.sources:
+                content.report = recorder.report_text
+                partial = {
+                    "report": content.report,
+                    "sources": [source_summary(s) for s in content.sources],
+                    "citations": [],
+                    "partial": True,
+                }
+                await recorder.transition(
+                    "partial",
+                    status_events(content, ("report", partial), ("error", {"error": error})),
+                    action="end partially",
+                    fields=fields,
+                )
+            else:
+                await recorder.transition(
+                    "failed",
+                    status_events(content, ("error", {"error": error})),
+                    action="fail",
+                    fields=fields,
+                )
+        except (IllegalTransition, LeaseLost) as exc:
+            logger.warning("job=%s was not marked failed: %s", recorder.job_id, exc)
+
+    async def _maintain_leases(self) -> None:
+        """Renew this process's leases and adopt orphaned jobs, every third of the lease time."""
+        interval = self.settings.lease_ttl_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._renew_leases()
+                if not self._draining:
+                    await self._adopt_orphans()
+            except Exception:
+                logger.exception("lease maintenance failed; retrying in %.1f s", interval)
+
+    async def _renew_leases(self) -> None:
+        held = list(self._claimed)
+        renewed = await self.storage.renew(held, self.owner, self.settings.lease_ttl_s)
+        for job_id in set(held) - renewed:
+            task = self._tasks.get(job_id)
+            record = await self.storage.get_job(job_id)
+            if task is not None and record is not None and record.status in ("pending", "running"):
+                logger.warning("job=%s lease was taken over; stopping the local run", job_id)
+                task.cancel()
+
+    async def _adopt_orphans(self) -> None:
+        capacity = self.settings.max_concurrent_jobs * 2
+        for record in await self.storage.orphaned_jobs(capacity):
+            if record.id not in self._tasks:
+                logger.info(
+                    "job=%s found %s with no live lease; resuming it", record.id, record.status
+                )
+                self.start(record.id)

@@ -20,7 +20,9 @@ class ApprovalRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    approved: StrictBool = Field(description="true runs the plan; false rejects it and ends the job.")
+    approved: StrictBool = Field(
+        description="true runs the plan; false rejects it and ends the job."
+    )
     edited_plan: ResearchPlan | None = Field(
         default=None, description="A plan that replaces the draft; only with approved=true."
     )

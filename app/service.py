@@ -13,19 +13,18 @@ from dataclasses import dataclass
 import orjson
 from langgraph.types import Command
 
-from graph.builder import build_graph
-from graph.providers.base import ResearchModel, SearchProvider
-
 from app import transitions
 from app.config import Settings
 from app.errors import FieldError, IdempotencyMismatch, InvalidRequest, JobNotFound
 from app.hub import Hub
 from app.jobs import JobRecord
-from app.providers import describe, make_model, make_search
-from app.runner import REJECTED_ERROR, JobRunner, status_events
+from app.providers import describe, make_model, make_search, search_policy
+from app.runner import CANCELLED_ERROR, REJECTED_ERROR, JobRunner, status_events
 from app.schemas import ApprovalRequest, ResearchRequest
 from app.storage import NewJob, SqliteStorage
 from app.views import RunContent, job_view
+from graph.builder import build_graph
+from graph.providers.base import ResearchModel, SearchProvider
 
 logger = logging.getLogger(__name__)
 
@@ -66,27 +65,43 @@ class Service:
         if hasattr(self.search, "open"):
             await self.search.open()
             self._exit_stack.push_async_callback(self.search.close)
-        graph = build_graph(self.model, self.search, checkpointer)
-        self.runner = JobRunner(self.storage, graph, self.hub, self.settings.max_concurrent_jobs)
-        logger.info("service started: %s", describe(self.model, self.search, self.settings))
-        await self.runner.recover()
+        graph = build_graph(
+            self.model,
+            self.search,
+            checkpointer,
+            search_policy(self.settings),
+            self.settings.call_timeout_s,
+        )
+        self.runner = JobRunner(self.storage, graph, self.hub, self.settings)
+        logger.info(
+            "service started: %s; lease owner %s",
+            describe(self.model, self.search, self.settings),
+            self.runner.owner,
+        )
+        await self.runner.begin()
 
     def begin_shutdown(self) -> None:
-        """End open event streams at once, so the server can stop without waiting for them."""
+        """Stop taking work and end open event streams, so shutdown need not wait for them."""
+        self.runner.begin_drain()
         self.hub.close()
 
     async def stop(self) -> None:
-        self.hub.close()
-        await self.runner.stop()
+        """Let runs finish within the shutdown grace time, release leases and close storage."""
+        self.begin_shutdown()
+        await self.runner.stop(self.settings.shutdown_grace_s)
         await self._exit_stack.aclose()
         await self.storage.close()
         logger.info("service stopped")
 
-    async def submit(self, request: ResearchRequest, idempotency_key: str | None) -> tuple[JobRecord, bool]:
+    async def submit(
+        self, request: ResearchRequest, idempotency_key: str | None
+    ) -> tuple[JobRecord, bool]:
         """Create a job and start planning it; a repeated idempotency key returns the first job."""
         self._check_question(request.question)
         key = _check_idempotency_key(idempotency_key)
-        request_hash = hashlib.sha256(orjson.dumps(request.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
+        request_hash = hashlib.sha256(
+            orjson.dumps(request.model_dump(), option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()
         job = NewJob(
             id=str(uuid.uuid4()),
             question=request.question,
@@ -102,7 +117,11 @@ class Service:
             if record.request_hash != request_hash:
                 raise IdempotencyMismatch(
                     f"Idempotency-Key {key!r} was first used with a different body.",
-                    [FieldError("header.Idempotency-Key", "Use a new key for a different request.")],
+                    [
+                        FieldError(
+                            "header.Idempotency-Key", "Use a new key for a different request."
+                        )
+                    ],
                 )
             logger.info("job=%s returned again for idempotency key", record.id)
             return record, False
@@ -121,19 +140,49 @@ class Service:
 
         if request.approved:
             record, events = await transitions.transition(
-                self.storage, job_id, "running", status_events(content),
-                expected=["awaiting_approval"], action="be approved", fields={"decision": decision},
+                self.storage,
+                job_id,
+                "running",
+                status_events(content),
+                expected=["awaiting_approval"],
+                action="be approved",
+                fields={"decision": decision},
             )
             self.hub.publish(job_id, events)
             self.runner.start(job_id, Command(resume=decision), content)
         else:
             record, events = await transitions.transition(
-                self.storage, job_id, "failed", status_events(content, ("error", {"error": REJECTED_ERROR})),
-                expected=["awaiting_approval"], action="be rejected",
+                self.storage,
+                job_id,
+                "failed",
+                status_events(content, ("error", {"error": REJECTED_ERROR})),
+                expected=["awaiting_approval"],
+                action="be rejected",
                 fields={"decision": decision, "error": REJECTED_ERROR},
             )
             self.hub.publish(job_id, events)
             await self.runner.record_rejection(job_id, decision)
+        return orjson.dumps(job_view(record, content))
+
+    async def cancel(self, job_id: str) -> bytes:
+        """End an unfinished job as `failed` with error "cancelled", wherever its run is.
+
+        The change clears the job's lease, so a run in another process fails its next write
+        and stops there.
+        """
+        await self.require_job(job_id)
+        content = await self.runner.load_content(job_id)
+        record, events = await transitions.transition(
+            self.storage,
+            job_id,
+            "failed",
+            status_events(content, ("error", {"error": CANCELLED_ERROR})),
+            expected=["pending", "awaiting_approval", "running"],
+            action="be cancelled",
+            fields={"error": CANCELLED_ERROR, "lease_owner": None},
+        )
+        self.hub.publish(job_id, events)
+        self.runner.cancel(job_id)
         return orjson.dumps(job_view(record, content))
 
     async def view(self, job_id: str) -> bytes:
@@ -153,7 +202,9 @@ class Service:
             self._cache_view(job_id, CachedView(record.version, record.terminal, body))
         return body
 
-    async def list_jobs(self, status: str | None, limit: int, before: tuple[float, str] | None) -> list[JobRecord]:
+    async def list_jobs(
+        self, status: str | None, limit: int, before: tuple[float, str] | None
+    ) -> list[JobRecord]:
         return await self.storage.list_jobs(status, limit, before)
 
     async def require_job(self, job_id: str) -> JobRecord:
@@ -167,7 +218,11 @@ class Service:
         if len(question) > limit:
             raise InvalidRequest(
                 f"The question has {len(question)} characters; the limit is {limit}.",
-                [FieldError("body.question", f"Shorten the question to at most {limit} characters.")],
+                [
+                    FieldError(
+                        "body.question", f"Shorten the question to at most {limit} characters."
+                    )
+                ],
             )
 
     def _cache_view(self, job_id: str, view: CachedView) -> None:
@@ -183,6 +238,11 @@ def _check_idempotency_key(key: str | None) -> str | None:
     if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable() or not key.isascii():
         raise InvalidRequest(
             "The Idempotency-Key header is invalid.",
-            [FieldError("header.Idempotency-Key", f"Use 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters.")],
+            [
+                FieldError(
+                    "header.Idempotency-Key",
+                    f"Use 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters.",
+                )
+            ],
         )
     return key

@@ -49,7 +49,9 @@ async def job_events(storage: Storage, hub: Hub, job_id: str, cursor: int) -> As
         while True:
             events = channel.since(cursor)
             if events is None:
-                logger.info("job=%s subscriber fell behind at event %d; asked to reconnect", job_id, cursor)
+                logger.info(
+                    "job=%s subscriber fell behind at event %d; asked to reconnect", job_id, cursor
+                )
                 yield reconnect_frame(cursor, "fell behind the live window")
                 return
             if events:

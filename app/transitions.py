@@ -50,11 +50,13 @@ async def transition(
     expected: Iterable[str] | None = None,
     action: str = "change status",
     fields: dict[str, Any] | None = None,
+    owner: str | None = None,
 ) -> tuple[JobRecord, list[StoredEvent]]:
     """Move a job to `target` and store `events_for(record)` with the change, atomically.
 
     `expected` narrows the legal predecessors (approval accepts only `awaiting_approval`).
-    Raises IllegalTransition when the job is in any other status.
+    `owner` makes the change conditional on holding the job's lease. Raises
+    IllegalTransition when the job is in any other status.
     """
     allowed = predecessors(target)
     if expected is not None:
@@ -66,17 +68,23 @@ async def transition(
     changes = {"updated_at": now, TIME_FIELD[target]: now, **(fields or {})}
     try:
         record, events, previous = await storage.compare_and_set(
-            job_id, allowed, target, changes, events_for
+            job_id, allowed, target, changes, events_for, owner
         )
     except JobConflict as exc:
         logger.info(
             "job=%s transition rejected: %s -> %s (wanted one of %s)",
-            job_id, exc.status, target, ", ".join(sorted(allowed)),
+            job_id,
+            exc.status,
+            target,
+            ", ".join(sorted(allowed)),
         )
         raise IllegalTransition(job_id, exc.status, action) from exc
 
     logger.info(
         "job=%s status=%s->%s elapsed_ms=%.0f",
-        job_id, previous, target, (record.updated_at - record.created_at) * 1000,
+        job_id,
+        previous,
+        target,
+        (record.updated_at - record.created_at) * 1000,
     )
     return record, events

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.jobs import JobRecord
 from graph.providers.offline import OFFLINE_NOTICE
 from graph.state import Source
-
-from app.jobs import JobRecord
 
 EXCERPT_CHARS = 280
 

@@ -8,14 +8,19 @@ from langgraph.graph.state import CompiledStateGraph
 
 from graph.nodes import Nodes, after_approval, after_research
 from graph.providers.base import ResearchModel, SearchProvider
+from graph.providers.retry import RetryPolicy
 from graph.state import ResearchState
 
 
 def build_graph(
-    model: ResearchModel, search: SearchProvider, checkpointer: BaseCheckpointSaver | None
+    model: ResearchModel,
+    search: SearchProvider,
+    checkpointer: BaseCheckpointSaver | None,
+    search_policy: RetryPolicy | None = None,
+    call_timeout_s: float = 120.0,
 ) -> CompiledStateGraph:
     """Compile the graph; one compiled graph serves every job of a process."""
-    nodes = Nodes(model, search)
+    nodes = Nodes(model, search, search_policy or RetryPolicy(max_tries=3), call_timeout_s)
     builder = StateGraph(ResearchState)
     builder.add_node("plan", nodes.plan)
     builder.add_node("approve", nodes.approve)

@@ -13,6 +13,7 @@ from langgraph.types import interrupt
 
 from graph.plan import ResearchPlan
 from graph.providers.base import ProviderError, ResearchModel, SearchHit, SearchProvider
+from graph.providers.retry import RetryPolicy, retrying
 from graph.state import ResearchState, Source
 
 logger = logging.getLogger(__name__)
@@ -23,11 +24,23 @@ CITATION = re.compile(r"\[(\d{1,4})\]")
 
 
 class Nodes:
-    """Binds the node functions to one research model and one search provider."""
+    """Binds the node functions to one research model and one search provider.
 
-    def __init__(self, model: ResearchModel, search: SearchProvider) -> None:
+    Each search call is limited to `call_timeout_s` and retried on 429, 5xx and
+    network errors as `search_policy` says.
+    """
+
+    def __init__(
+        self,
+        model: ResearchModel,
+        search: SearchProvider,
+        search_policy: RetryPolicy,
+        call_timeout_s: float,
+    ) -> None:
         self.model = model
         self.search = search
+        self.search_policy = search_policy
+        self.call_timeout_s = call_timeout_s
 
     async def plan(self, state: ResearchState) -> dict[str, Any]:
         """Draft the plan. Kept apart from `approve` so resuming never re-runs the model."""
@@ -93,10 +106,16 @@ class Nodes:
         return {"report": report, "citations": cited_sources(report, sources)}
 
     async def _search(self, query: str) -> list[SearchHit]:
+        async def attempt() -> list[SearchHit]:
+            async with asyncio.timeout(self.call_timeout_s):
+                return await self.search.search(query, RESULTS_PER_QUERY)
+
         try:
-            return await self.search.search(query, RESULTS_PER_QUERY)
+            return await retrying(attempt, self.search_policy, f"search {query!r}")
         except Exception as exc:
-            logger.warning("search failed: provider=%s query=%r error=%s", self.search.name, query, exc)
+            logger.warning(
+                "search failed: provider=%s query=%r error=%s", self.search.name, query, exc
+            )
             raise
 
 

@@ -40,6 +40,15 @@ class JobConflict(Exception):
         self.status = status
 
 
+class LeaseLost(Exception):
+    """This process no longer holds the job's lease, so it must stop writing for the job."""
+
+    def __init__(self, job_id: str, owner: str) -> None:
+        super().__init__(f"job {job_id!r} is no longer leased by {owner!r}")
+        self.job_id = job_id
+        self.owner = owner
+
+
 class Storage(Protocol):
     """Jobs, their event log and the LangGraph checkpointer, behind one narrow interface."""
 
@@ -49,9 +58,7 @@ class Storage(Protocol):
 
     def checkpointer(self) -> AbstractAsyncContextManager[BaseCheckpointSaver]: ...
 
-    async def create_job(
-        self, job: NewJob, events_for: EventsFor
-    ) -> tuple[JobRecord, bool]: ...
+    async def create_job(self, job: NewJob, events_for: EventsFor) -> tuple[JobRecord, bool]: ...
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...
 
@@ -68,10 +75,23 @@ class Storage(Protocol):
         status: str,
         fields: dict[str, Any],
         events_for: EventsFor,
+        owner: str | None = None,
     ) -> tuple[JobRecord, list[StoredEvent], str]: ...
 
     async def append_events(
-        self, job_id: str, events: Sequence[EventDraft], bump_version: bool
+        self,
+        job_id: str,
+        events: Sequence[EventDraft],
+        bump_version: bool,
+        owner: str | None = None,
     ) -> list[StoredEvent]: ...
+
+    async def claim(self, job_id: str, owner: str, ttl_s: float) -> bool: ...
+
+    async def renew(self, job_ids: Sequence[str], owner: str, ttl_s: float) -> set[str]: ...
+
+    async def release(self, job_ids: Sequence[str], owner: str) -> None: ...
+
+    async def orphaned_jobs(self, limit: int) -> list[JobRecord]: ...
 
     async def read_events(self, job_id: str, after_id: int, limit: int) -> list[StoredEvent]: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -20,7 +21,7 @@ import orjson
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from app.jobs import JobRecord, StoredEvent
-from app.storage.base import EventDraft, EventsFor, JobConflict, NewJob
+from app.storage.base import EventDraft, EventsFor, JobConflict, LeaseLost, NewJob
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     decision TEXT,
     last_event_id INTEGER NOT NULL DEFAULT 0,
-    version INTEGER NOT NULL DEFAULT 0
+    version INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at DESC, id DESC);
@@ -61,8 +64,9 @@ JOB_COLUMNS = (
     " updated_at, planned_at, approved_at, finished_at, decision, last_event_id, version"
 )
 UPDATABLE_FIELDS = frozenset(
-    {"error", "planned_at", "approved_at", "finished_at", "decision", "updated_at"}
+    {"error", "planned_at", "approved_at", "finished_at", "decision", "updated_at", "lease_owner"}
 )
+UNFINISHED = "('pending', 'running')"  # SQL list of the statuses a run may still change
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
@@ -142,8 +146,16 @@ class SqliteStorage:
             await db.execute(
                 "INSERT INTO jobs (id, status, question, idempotency_key, request_hash, model,"
                 " search, created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.question, job.idempotency_key, job.request_hash, job.model,
-                 job.search, job.created_at, job.created_at),
+                (
+                    job.id,
+                    job.question,
+                    job.idempotency_key,
+                    job.request_hash,
+                    job.model,
+                    job.search,
+                    job.created_at,
+                    job.created_at,
+                ),
             )
             record = await self._job(db, job.id)
             assert record is not None
@@ -190,9 +202,11 @@ class SqliteStorage:
         status: str,
         fields: dict[str, Any],
         events_for: EventsFor,
+        owner: str | None = None,
     ) -> tuple[JobRecord, list[StoredEvent], str]:
         """Move a job to `status` if it is in one of `expected`, storing its events atomically.
 
+        With `owner`, the change also requires that this owner holds the job's lease.
         Returns the changed record, its stored events and the status it had before.
         """
         unknown = set(fields) - UPDATABLE_FIELDS
@@ -205,6 +219,8 @@ class SqliteStorage:
             current = await self._job(db, job_id)
             if current is None or current.status not in wanted:
                 raise JobConflict(job_id, current.status if current else None)
+            if owner is not None:
+                await self._check_lease(db, job_id, owner)
             await db.execute(
                 f"UPDATE jobs SET status = ?, version = version + 1{assignments} WHERE id = ?",
                 (status, *values.values(), job_id),
@@ -215,10 +231,19 @@ class SqliteStorage:
             return _with_last_event(record, stored), stored, current.status
 
     async def append_events(
-        self, job_id: str, events: Sequence[EventDraft], bump_version: bool
+        self,
+        job_id: str,
+        events: Sequence[EventDraft],
+        bump_version: bool,
+        owner: str | None = None,
     ) -> list[StoredEvent]:
-        """Store events in one transaction; `bump_version` marks a change to the job's view."""
+        """Store events in one transaction; `bump_version` marks a change to the job's view.
+
+        With `owner`, the events are stored only while that owner holds the job's lease.
+        """
         async with self._transaction() as db:
+            if owner is not None:
+                await self._check_lease(db, job_id, owner)
             if bump_version:
                 await db.execute("UPDATE jobs SET version = version + 1 WHERE id = ?", (job_id,))
             record = await self._job(db, job_id)
@@ -236,6 +261,60 @@ class SqliteStorage:
             StoredEvent.make(job_id, event_id, event, data)
             for event_id, event, data in await cursor.fetchall()
         ]
+
+    async def claim(self, job_id: str, owner: str, ttl_s: float) -> bool:
+        """Take the lease of an unfinished job that nobody holds, or whose holder let it expire."""
+        now = time.time()
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET lease_owner = ?, lease_expires = ? WHERE id = ?"
+                f" AND status IN {UNFINISHED}"
+                " AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires < ?)",
+                (owner, now + ttl_s, job_id, owner, now),
+            )
+            return cursor.rowcount == 1
+
+    async def renew(self, job_ids: Sequence[str], owner: str, ttl_s: float) -> set[str]:
+        """Extend this owner's leases; return the ids whose lease it still holds."""
+        if not job_ids:
+            return set()
+        marks = ", ".join("?" for _ in job_ids)
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                f"UPDATE jobs SET lease_expires = ? WHERE lease_owner = ? AND id IN ({marks})"
+                f" AND status IN {UNFINISHED} RETURNING id",
+                (time.time() + ttl_s, owner, *job_ids),
+            )
+            return {row[0] for row in await cursor.fetchall()}
+
+    async def release(self, job_ids: Sequence[str], owner: str) -> None:
+        """Give up this owner's leases, so another process may resume the jobs at once."""
+        if not job_ids:
+            return
+        marks = ", ".join("?" for _ in job_ids)
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL"
+                f" WHERE lease_owner = ? AND id IN ({marks})",
+                (owner, *job_ids),
+            )
+
+    async def orphaned_jobs(self, limit: int) -> list[JobRecord]:
+        """List unfinished jobs that no live process holds, oldest first."""
+        assert self._reader is not None, "storage is not open"
+        cursor = await self._reader.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN {UNFINISHED}"
+            " AND (lease_owner IS NULL OR lease_expires < ?) ORDER BY created_at LIMIT ?",
+            (time.time(), limit),
+        )
+        return [_record(row) for row in await cursor.fetchall()]
+
+    @staticmethod
+    async def _check_lease(db: aiosqlite.Connection, job_id: str, owner: str) -> None:
+        cursor = await db.execute("SELECT lease_owner FROM jobs WHERE id = ?", (job_id,))
+        row = await cursor.fetchone()
+        if row is None or row[0] != owner:
+            raise LeaseLost(job_id, owner)
 
     @staticmethod
     async def _job(db: aiosqlite.Connection, job_id: str) -> JobRecord | None:

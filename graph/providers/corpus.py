@@ -136,7 +136,10 @@ class LocalCorpus:
         if stale or fresh:
             logger.info(
                 "corpus index updated: dir=%s files=%d reindexed=%d removed=%d",
-                self.corpus_dir, len(current), len(fresh), len(set(stale) - set(fresh)),
+                self.corpus_dir,
+                len(current),
+                len(fresh),
+                len(set(stale) - set(fresh)),
             )
 
 

@@ -8,7 +8,10 @@ from graph.providers.base import SearchHit
 
 
 class TavilySearch:
-    """Tavily search; the key must be non-empty, because an empty key puts the client in keyless mode."""
+    """Tavily web search.
+
+    The key must be non-empty, because the client switches to keyless mode without one.
+    """
 
     name = "tavily"
 
