@@ -49,6 +49,9 @@ class Settings:
     offline_report_tokens: int | None
     offline_token_delay_s: float
     log_level: str
+    api_keys: tuple[str, ...] = ()
+    submit_rate_per_min: int = 60
+    max_unfinished_per_key: int = 50
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +108,9 @@ class Settings:
             offline_token_delay_s=reader.number("SCOUT_OFFLINE_TOKEN_DELAY_MS", 0.0, 0.0, 10_000.0)
             / 1000,
             log_level=(env.get("SCOUT_LOG_LEVEL") or "INFO").upper(),
+            api_keys=reader.api_keys(),
+            submit_rate_per_min=reader.integer("SCOUT_SUBMIT_RATE_PER_MIN", 60, 1, 1_000_000),
+            max_unfinished_per_key=reader.integer("SCOUT_MAX_UNFINISHED_PER_KEY", 50, 1, 1_000_000),
         )
 
 
@@ -116,6 +122,27 @@ class _Reader:
 
     def secret(self, name: str) -> str | None:
         return (self.env.get(name) or "").strip() or None
+
+    def api_keys(self) -> tuple[str, ...]:
+        """Read SCOUT_API_KEYS (comma-separated) and SCOUT_API_KEYS_FILE (one key per line)."""
+        keys = [key.strip() for key in (self.env.get("SCOUT_API_KEYS") or "").split(",")]
+        path = (self.env.get("SCOUT_API_KEYS_FILE") or "").strip()
+        if path:
+            try:
+                lines = Path(path).read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigError(
+                    f"SCOUT_API_KEYS_FILE={path!r} cannot be read: {exc.strerror}."
+                ) from None
+            keys += [line.strip() for line in lines if not line.lstrip().startswith("#")]
+        keys = [key for key in keys if key]
+        for key in keys:
+            if len(key) < 16 or not key.isprintable() or not key.isascii() or " " in key:
+                raise ConfigError(
+                    "An API key in SCOUT_API_KEYS or SCOUT_API_KEYS_FILE is invalid; use at least "
+                    "16 printable ASCII characters without spaces."
+                )
+        return tuple(dict.fromkeys(keys))
 
     def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
         value = (self.env.get(name) or default).strip().lower()

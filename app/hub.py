@@ -54,7 +54,9 @@ class Channel:
         self.last_id = fresh[-1].id
         self.ended = self.ended or any(event.event == "end" for event in fresh)
 
-        excess = len(self._events) - self.window
+        # Keep at least this whole batch: a subscriber that was caught up before the publish
+        # must be able to read all of it, even when one token flush exceeds the window.
+        excess = len(self._events) - max(self.window, len(fresh))
         if excess > self.window // 4:
             del self._events[:excess]
             self.first_id = self._events[0].id

@@ -41,6 +41,7 @@ class JobRecord:
     decision: dict[str, Any] | None
     last_event_id: int
     version: int
+    owner: str = ""  # the id of the API key that created the job; "" when auth is off
 
     @property
     def terminal(self) -> bool:

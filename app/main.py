@@ -8,12 +8,14 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from app import routes
+from app.auth import ApiKeys, AuthMiddleware
 from app.config import PROJECT_DIR, Settings
 from app.errors import ScoutError
 from app.problems import http_error_handler, scout_error_handler, unexpected_error_handler
@@ -37,6 +39,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     app = Starlette(
         routes=_routes(settings),
+        middleware=[Middleware(AuthMiddleware, keys=ApiKeys(settings.api_keys))],
         lifespan=lifespan,
         exception_handlers={
             ScoutError: scout_error_handler,

@@ -45,8 +45,10 @@ def problem_response(
 async def scout_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ScoutError)
     logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.detail)
+    retry_after = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
     return problem_response(
-        exc.status, exc.title, exc.detail, exc.type_suffix, request.url.path, exc.errors
+        exc.status, exc.title, exc.detail, exc.type_suffix, request.url.path, exc.errors, headers
     )
 
 

@@ -26,6 +26,11 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
+def _caller(request: Request) -> str:
+    """Return the id of the request's API key; empty when auth is off."""
+    return getattr(request.state, "caller", "")
+
+
 def _json(
     body: bytes | object, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
@@ -37,7 +42,9 @@ async def create_research(request: Request) -> Response:
     service = _service(request)
     body = await read_json_model(request, ResearchRequest, service.settings.max_body_bytes)
 
-    record, created = await service.submit(body, request.headers.get("idempotency-key"))
+    record, created = await service.submit(
+        body, request.headers.get("idempotency-key"), _caller(request)
+    )
 
     location = f"/status/{record.id}"
     headers = {"Location": location}
@@ -49,7 +56,7 @@ async def create_research(request: Request) -> Response:
 
 
 async def get_status(request: Request) -> Response:
-    return _json(await _service(request).view(request.path_params["job_id"]))
+    return _json(await _service(request).view(request.path_params["job_id"], _caller(request)))
 
 
 async def approve(request: Request) -> Response:
@@ -65,11 +72,11 @@ async def approve(request: Request) -> Response:
                 )
             ],
         )
-    return _json(await service.approve(job_id, body))
+    return _json(await service.approve(job_id, body, _caller(request)))
 
 
 async def cancel(request: Request) -> Response:
-    return _json(await _service(request).cancel(request.path_params["job_id"]))
+    return _json(await _service(request).cancel(request.path_params["job_id"], _caller(request)))
 
 
 async def list_research(request: Request) -> Response:
@@ -83,7 +90,7 @@ async def list_research(request: Request) -> Response:
     limit = _int_param(request.query_params.get("limit"), "query.limit", 20, 1, MAX_LIST_LIMIT)
     before = _decode_cursor(request.query_params.get("cursor"))
 
-    records = await service.list_jobs(status, limit, before)
+    records = await service.list_jobs(status, limit, before, _caller(request))
 
     next_cursor = (
         _encode_cursor(records[-1].created_at, records[-1].id) if len(records) == limit else None
@@ -95,7 +102,7 @@ async def job_event_stream(request: Request) -> Response:
     service = _service(request)
     job_id = request.path_params["job_id"]
     last_id = _last_event_id(request)
-    await service.require_job(job_id)  # 404 before the stream starts
+    await service.require_job(job_id, _caller(request))  # 404 before the stream starts
 
     return EventSourceResponse(
         job_events(service.storage, service.hub, job_id, last_id),

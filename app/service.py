@@ -8,12 +8,13 @@ import time
 import uuid
 from collections import OrderedDict
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 from langgraph.types import Command
 
 from app import transitions
+from app.auth import SubmissionLimiter, TooManyRequests
 from app.config import Settings
 from app.errors import FieldError, IdempotencyMismatch, InvalidRequest, JobNotFound
 from app.hub import Hub
@@ -36,6 +37,7 @@ MAX_IDEMPOTENCY_KEY_CHARS = 200
 class CachedView:
     version: int
     terminal: bool
+    owner: str
     body: bytes
 
 
@@ -55,6 +57,7 @@ class Service:
         self.hub = Hub(self.storage, settings.sse_window, settings.event_poll_s)
         self.runner: JobRunner
         self._views: OrderedDict[str, CachedView] = OrderedDict()
+        self._submissions = SubmissionLimiter(settings.submit_rate_per_min)
         self._exit_stack = AsyncExitStack()
         self.started_at = time.time()
 
@@ -94,17 +97,24 @@ class Service:
         logger.info("service stopped")
 
     async def submit(
-        self, request: ResearchRequest, idempotency_key: str | None
+        self, request: ResearchRequest, idempotency_key: str | None, caller: str = ""
     ) -> tuple[JobRecord, bool]:
-        """Create a job and start planning it; a repeated idempotency key returns the first job."""
+        """Create a job and start planning it; a repeated idempotency key returns the first job.
+
+        `caller` is the id of the API key (empty when auth is off); idempotency keys and
+        job visibility are scoped to it.
+        """
         self._check_question(request.question)
         key = _check_idempotency_key(idempotency_key)
+        if caller:
+            await self._check_limits(caller)
         request_hash = hashlib.sha256(
             orjson.dumps(request.model_dump(), option=orjson.OPT_SORT_KEYS)
         ).hexdigest()
         job = NewJob(
             id=str(uuid.uuid4()),
             question=request.question,
+            owner=caller,
             idempotency_key=key,
             request_hash=request_hash if key else None,
             model=self.model.name,
@@ -130,11 +140,13 @@ class Service:
         self.runner.start(record.id, {"question": record.question}, RunContent())
         return record, True
 
-    async def approve(self, job_id: str, request: ApprovalRequest) -> bytes:
+    async def approve(self, job_id: str, request: ApprovalRequest, caller: str = "") -> bytes:
         """Apply a person's decision: run the (possibly edited) plan, or end the job."""
-        await self.require_job(job_id)
+        await self.require_job(job_id, caller)
         decision = request.resume_value()
-        content = await self.runner.load_content(job_id)
+        # A copy: the loaded content may be a running job's live content, which a rejected
+        # approval must leave untouched.
+        content = replace(await self.runner.load_content(job_id))
         if request.edited_plan is not None:
             content.plan, content.plan_edited = decision["edited_plan"], True  # type: ignore[assignment]
 
@@ -164,13 +176,13 @@ class Service:
             await self.runner.record_rejection(job_id, decision)
         return orjson.dumps(job_view(record, content))
 
-    async def cancel(self, job_id: str) -> bytes:
+    async def cancel(self, job_id: str, caller: str = "") -> bytes:
         """End an unfinished job as `failed` with error "cancelled", wherever its run is.
 
         The change clears the job's lease, so a run in another process fails its next write
         and stops there.
         """
-        await self.require_job(job_id)
+        await self.require_job(job_id, caller)
         content = await self.runner.load_content(job_id)
         record, events = await transitions.transition(
             self.storage,
@@ -185,13 +197,13 @@ class Service:
         self.runner.cancel(job_id)
         return orjson.dumps(job_view(record, content))
 
-    async def view(self, job_id: str) -> bytes:
+    async def view(self, job_id: str, caller: str = "") -> bytes:
         """Return the job view as JSON; finished jobs never change, so theirs is cached."""
         cached = self._views.get(job_id)
-        if cached is not None and cached.terminal:
+        if cached is not None and cached.terminal and cached.owner == caller:
             return cached.body
 
-        record = await self.require_job(job_id)
+        record = await self.require_job(job_id, caller)
         if cached is not None and cached.version == record.version:
             return cached.body
 
@@ -199,19 +211,33 @@ class Service:
         content = live or await self.runner.load_content(job_id)
         body = orjson.dumps(job_view(record, content))
         if live is None and record.status != "running" and record.status != "pending":
-            self._cache_view(job_id, CachedView(record.version, record.terminal, body))
+            self._cache_view(
+                job_id, CachedView(record.version, record.terminal, record.owner, body)
+            )
         return body
 
     async def list_jobs(
-        self, status: str | None, limit: int, before: tuple[float, str] | None
+        self, status: str | None, limit: int, before: tuple[float, str] | None, caller: str = ""
     ) -> list[JobRecord]:
-        return await self.storage.list_jobs(status, limit, before)
+        return await self.storage.list_jobs(caller, status, limit, before)
 
-    async def require_job(self, job_id: str) -> JobRecord:
+    async def require_job(self, job_id: str, caller: str = "") -> JobRecord:
+        """Return the job, or raise JobNotFound when it does not exist or belongs to another key."""
         record = await self.storage.get_job(job_id)
-        if record is None:
+        if record is None or record.owner != caller:
             raise JobNotFound(job_id)
         return record
+
+    async def _check_limits(self, caller: str) -> None:
+        unfinished = await self.storage.count_unfinished(caller)
+        limit = self.settings.max_unfinished_per_key
+        if unfinished >= limit:
+            raise TooManyRequests(
+                f"This API key has {unfinished} unfinished jobs; the limit is {limit}.",
+                5.0,
+                FieldError("header.Authorization", "Wait for a job to finish, or cancel one."),
+            )
+        self._submissions.check(caller)
 
     def _check_question(self, question: str) -> None:
         limit = self.settings.max_question_chars

@@ -24,6 +24,7 @@ class NewJob:
 
     id: str
     question: str
+    owner: str
     idempotency_key: str | None
     request_hash: str | None
     model: str
@@ -63,8 +64,10 @@ class Storage(Protocol):
     async def get_job(self, job_id: str) -> JobRecord | None: ...
 
     async def list_jobs(
-        self, status: str | None, limit: int, before: tuple[float, str] | None
+        self, owner: str, status: str | None, limit: int, before: tuple[float, str] | None
     ) -> list[JobRecord]: ...
+
+    async def count_unfinished(self, owner: str) -> int: ...
 
     async def jobs_with_status(self, statuses: Iterable[str]) -> list[JobRecord]: ...
 

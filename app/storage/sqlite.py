@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL,
     question TEXT NOT NULL,
     error TEXT,
-    idempotency_key TEXT UNIQUE,
+    owner TEXT NOT NULL DEFAULT '',
+    idempotency_key TEXT,
     request_hash TEXT,
     model TEXT NOT NULL,
     search TEXT NOT NULL,
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_owner TEXT,
     lease_expires REAL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (owner, idempotency_key);
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at DESC, id DESC);
 CREATE TABLE IF NOT EXISTS events (
@@ -61,7 +63,7 @@ CREATE TABLE IF NOT EXISTS events (
 
 JOB_COLUMNS = (
     "id, status, question, error, idempotency_key, request_hash, model, search, created_at,"
-    " updated_at, planned_at, approved_at, finished_at, decision, last_event_id, version"
+    " updated_at, planned_at, approved_at, finished_at, decision, last_event_id, version, owner"
 )
 UPDATABLE_FIELDS = frozenset(
     {"error", "planned_at", "approved_at", "finished_at", "decision", "updated_at", "lease_owner"}
@@ -139,16 +141,18 @@ class SqliteStorage:
         """Insert a job with its first events, or return the job that already has its key."""
         async with self._transaction() as db:
             if job.idempotency_key is not None:
-                existing = await self._job_by_key(db, job.idempotency_key)
+                existing = await self._job_by_key(db, job.owner, job.idempotency_key)
                 if existing is not None:
                     return existing, False
 
             await db.execute(
-                "INSERT INTO jobs (id, status, question, idempotency_key, request_hash, model,"
-                " search, created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, status, question, owner, idempotency_key, request_hash,"
+                " model, search, created_at, updated_at)"
+                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.question,
+                    job.owner,
                     job.idempotency_key,
                     job.request_hash,
                     job.model,
@@ -167,23 +171,34 @@ class SqliteStorage:
         return await self._job(self._reader, job_id)
 
     async def list_jobs(
-        self, status: str | None, limit: int, before: tuple[float, str] | None
+        self, owner: str, status: str | None, limit: int, before: tuple[float, str] | None
     ) -> list[JobRecord]:
-        """List jobs newest first; `before` is the (created_at, id) of the last job already seen."""
+        """List an owner's jobs newest first; `before` is the (created_at, id) of the last seen."""
         assert self._reader is not None, "storage is not open"
-        clauses, params = [], []
+        clauses, params = ["owner = ?"], [owner]
         if status is not None:
             clauses.append("status = ?")
             params.append(status)
         if before is not None:
             clauses.append("(created_at, id) < (?, ?)")
             params.extend(before)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where = f"WHERE {' AND '.join(clauses)}"
         cursor = await self._reader.execute(
             f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?",
             (*params, limit),
         )
         return [_record(row) for row in await cursor.fetchall()]
+
+    async def count_unfinished(self, owner: str) -> int:
+        """Count an owner's jobs that are not finished, including those awaiting approval."""
+        assert self._reader is not None, "storage is not open"
+        cursor = await self._reader.execute(
+            "SELECT count(*) FROM jobs WHERE owner = ?"
+            " AND status IN ('pending', 'awaiting_approval', 'running')",
+            (owner,),
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def jobs_with_status(self, statuses: Iterable[str]) -> list[JobRecord]:
         assert self._reader is not None, "storage is not open"
@@ -323,9 +338,9 @@ class SqliteStorage:
         return _record(row) if row else None
 
     @staticmethod
-    async def _job_by_key(db: aiosqlite.Connection, key: str) -> JobRecord | None:
+    async def _job_by_key(db: aiosqlite.Connection, owner: str, key: str) -> JobRecord | None:
         cursor = await db.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,)
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)
         )
         row = await cursor.fetchone()
         return _record(row) if row else None
