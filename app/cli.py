@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from app.config import ConfigError, Settings
 from app.logs import configure_logging
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +76,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
+    if not settings.api_keys and host not in LOOPBACK_HOSTS:
+        logging.getLogger("app.cli").warning(
+            "binding %s with no API keys: anyone who can reach this address can submit and "
+            "read jobs; set SCOUT_API_KEYS or bind 127.0.0.1",
+            host,
+        )
     server = make_server(create_app(settings), host, port, settings.log_level)
     server.run()
     return 0

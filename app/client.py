@@ -167,7 +167,7 @@ def _print_plan(plan: dict[str, Any] | None, edited: bool = False) -> None:
 def _how_to_approve(client: httpx.AsyncClient, job_id: str) -> None:
     _note(
         "the plan awaits approval; approve it with:\n"
-        f"  curl -X POST {client.base_url}research/{job_id}/approve "
+        f"  curl -X POST {client.base_url.join(f'research/{job_id}/approve')} "
         "-H 'Content-Type: application/json' -d '{\"approved\": true}'"
     )
 

@@ -50,6 +50,7 @@ class Settings:
     offline_token_delay_s: float
     log_level: str
     api_keys: tuple[str, ...] = ()
+    max_header_bytes: int = 16_384
     submit_rate_per_min: int = 60
     max_unfinished_per_key: int = 50
 
@@ -109,6 +110,7 @@ class Settings:
             / 1000,
             log_level=(env.get("SCOUT_LOG_LEVEL") or "INFO").upper(),
             api_keys=reader.api_keys(),
+            max_header_bytes=reader.integer("SCOUT_MAX_HEADER_BYTES", 16_384, 1024, 1_048_576),
             submit_rate_per_min=reader.integer("SCOUT_SUBMIT_RATE_PER_MIN", 60, 1, 1_000_000),
             max_unfinished_per_key=reader.integer("SCOUT_MAX_UNFINISHED_PER_KEY", 50, 1, 1_000_000),
         )

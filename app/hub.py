@@ -54,8 +54,8 @@ class Channel:
         self.last_id = fresh[-1].id
         self.ended = self.ended or any(event.event == "end" for event in fresh)
 
-        # Keep at least this whole batch: a subscriber that was caught up before the publish
-        # must be able to read all of it, even when one token flush exceeds the window.
+        # Keep at least this whole batch, so a subscriber that was caught up before the
+        # publish can read all of it even when one token flush exceeds the window.
         excess = len(self._events) - max(self.window, len(fresh))
         if excess > self.window // 4:
             del self._events[:excess]

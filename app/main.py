@@ -18,6 +18,7 @@ from app import routes
 from app.auth import ApiKeys, AuthMiddleware
 from app.config import PROJECT_DIR, Settings
 from app.errors import ScoutError
+from app.header_limit import HeaderLimitMiddleware
 from app.problems import http_error_handler, scout_error_handler, unexpected_error_handler
 from app.service import Service
 
@@ -39,7 +40,10 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     app = Starlette(
         routes=_routes(settings),
-        middleware=[Middleware(AuthMiddleware, keys=ApiKeys(settings.api_keys))],
+        middleware=[
+            Middleware(HeaderLimitMiddleware, max_bytes=settings.max_header_bytes),
+            Middleware(AuthMiddleware, keys=ApiKeys(settings.api_keys)),
+        ],
         lifespan=lifespan,
         exception_handlers={
             ScoutError: scout_error_handler,
@@ -48,6 +52,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         },
     )
     app.state.service = service
+    app.state.openapi = None
     return app
 
 
@@ -55,8 +60,8 @@ def _routes(settings: Settings) -> list[Route | Mount]:
     table: list[Route | Mount] = [
         Route("/", _index, methods=["GET"]),
         Route("/health", routes.health, methods=["GET"]),
-        Route("/research", routes.create_research, methods=["POST"]),
-        Route("/research", routes.list_research, methods=["GET"]),
+        Route("/openapi.json", routes.openapi, methods=["GET"]),
+        Route("/research", routes.research_collection, methods=["GET", "POST"]),
         Route("/status/{job_id}", routes.get_status, methods=["GET"]),
         Route("/research/{job_id}/approve", routes.approve, methods=["POST"]),
         Route("/research/{job_id}/cancel", routes.cancel, methods=["POST"]),

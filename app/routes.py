@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from app.errors import FieldError, InvalidRequest
 from app.jobs import JOB_STATUSES
+from app.openapi import openapi_document
 from app.problems import read_json_model
 from app.schemas import ApprovalRequest, ResearchRequest
 from app.service import Service
@@ -36,6 +37,13 @@ def _json(
 ) -> Response:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     return Response(content, status, headers=headers, media_type="application/json")
+
+
+async def research_collection(request: Request) -> Response:
+    """Serve /research: POST submits a question, GET lists jobs (one route, so 405 lists both)."""
+    if request.method == "POST":
+        return await create_research(request)
+    return await list_research(request)
 
 
 async def create_research(request: Request) -> Response:
@@ -111,6 +119,13 @@ async def job_event_stream(request: Request) -> Response:
     )
 
 
+async def openapi(request: Request) -> Response:
+    document = request.app.state.openapi
+    if document is None:
+        document = request.app.state.openapi = orjson.dumps(openapi_document())
+    return Response(document, media_type="application/json")
+
+
 async def health(request: Request) -> Response:
     service = _service(request)
     return _json(
@@ -134,7 +149,8 @@ def _last_event_id(request: Request) -> int:
 
 
 def _int_param(raw: str | None, field: str, default: int, low: int, high: int) -> int:
-    if raw is None or raw == "":
+    """Parse a whole number from a query parameter or header; absent means `default`."""
+    if raw is None:
         return default
     if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not low <= int(raw) <= high:
         raise InvalidRequest(

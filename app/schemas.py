@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from graph.plan import ResearchPlan
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class ResearchRequest(BaseModel):
@@ -13,6 +17,17 @@ class ResearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     question: str = Field(min_length=1, description="The research question, in plain language.")
+
+    @field_validator("question")
+    @classmethod
+    def _no_control_characters(cls, question: str) -> str:
+        found = CONTROL_CHARACTERS.search(question)
+        if found:
+            raise ValueError(
+                f"contains the control character {found.group()!r}; send plain text "
+                "(tabs and line breaks are fine)"
+            )
+        return question
 
 
 class ApprovalRequest(BaseModel):

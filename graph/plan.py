@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STEPS = 12
@@ -18,7 +20,7 @@ class PlanStep(BaseModel):
     goal: str = Field(
         min_length=1, max_length=MAX_GOAL_CHARS, description="What this step establishes."
     )
-    queries: list[str] = Field(
+    queries: list[Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]] = Field(
         min_length=1,
         max_length=MAX_QUERIES_PER_STEP,
         description="Search queries run for this step, in order.",

@@ -11,7 +11,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
 
-from graph.plan import PlanStep, ResearchPlan
+from graph.plan import MAX_GOAL_CHARS, MAX_QUERY_CHARS, PlanStep, ResearchPlan
 from graph.providers.text import keywords, sentences, tokens
 from graph.state import Source
 
@@ -38,17 +38,17 @@ class OfflineModel:
         """Turn each sub-question into a step, then add a step on limits and failure cases."""
         clauses = [c.strip(" ?.!") for c in CLAUSE_SPLIT.split(question) if len(keywords(c)) >= 2]
         if not clauses:
-            clauses = [question.strip(" ?.!")]
-        topic = " ".join(keywords(question)[:4]) or question.strip()
+            clauses = [question.strip(" ?.!") or question.strip()]
+        topic = " ".join(keywords(question)[:4]) or _clip(question.strip(), 60)
 
         steps = [
-            PlanStep(goal=f"Find out: {clause}?", queries=_queries_for(clause))
+            PlanStep(goal=_clip(f"Find out: {clause}?", MAX_GOAL_CHARS), queries=_queries_for(clause))
             for clause in clauses[:3]
         ]
         steps.append(
             PlanStep(
-                goal=f"Identify limits, failure cases and trade-offs of {topic}.",
-                queries=[f"{topic} limits", f"{topic} failure"],
+                goal=_clip(f"Identify limits, failure cases and trade-offs of {topic}.", MAX_GOAL_CHARS),
+                queries=[_clip(f"{topic} limits", MAX_QUERY_CHARS), _clip(f"{topic} failure", MAX_QUERY_CHARS)],
             )
         )
         return ResearchPlan(steps=steps)
@@ -68,12 +68,19 @@ class OfflineModel:
             await asyncio.sleep(self.token_delay_s)
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _queries_for(clause: str) -> list[str]:
     words = keywords(clause)
-    queries = [" ".join(words[:6])]
+    if not words:
+        # A question of only stop words or symbols is searched as written.
+        return [_clip(clause.strip(), MAX_QUERY_CHARS) or "?"]
+    queries = [_clip(" ".join(words[:6]), MAX_QUERY_CHARS)]
     if len(words) > 3:
         queries.append(" ".join(words[:3]))
-    return [query for query in queries if query]
+    return queries
 
 
 def _fit(report_tokens: list[str], count: int) -> list[str]:

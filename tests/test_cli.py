@@ -1,0 +1,89 @@
+"""`scout research` as a user runs it: a separate process talking to a running server."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from tests.helpers import wait_for_status
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CLI_TIMEOUT_S = 30.0
+QUESTION = "How does a Fresnel lens focus a lighthouse beam?"
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run `scout` with `args` in a child process and return its exit code, stdout and stderr.
+
+    The server runs on this test's event loop, so the child must be awaited, not run
+    with the blocking subprocess.run.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from app.cli import main; raise SystemExit(main())",
+        *args,
+        cwd=PROJECT_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(CLI_TIMEOUT_S):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def only_job(client) -> dict:
+    jobs = (await client.get("/research")).json()["jobs"]
+    assert len(jobs) == 1, jobs
+    return (await client.get(f"/status/{jobs[0]['job_id']}")).json()
+
+
+async def test_research_approve_prints_report(scout, client):
+    code, stdout, stderr = await run_cli(
+        "research", QUESTION, "--approve", "--base-url", scout.base_url, "--timeout", "20"
+    )
+
+    view = await only_job(client)
+    assert code == 0, stderr
+    assert view["status"] == "done"
+    assert stdout.strip() == view["report"].strip()
+    assert "plan:" in stderr
+    assert f"job {view['job_id']} done" in stderr
+
+
+async def test_research_follow_streams_report(scout, client):
+    code, stdout, stderr = await run_cli(
+        "research",
+        QUESTION,
+        "--follow",
+        "--approve",
+        "--base-url",
+        scout.base_url,
+        "--timeout",
+        "20",
+    )
+
+    view = await only_job(client)
+    assert code == 0, stderr
+    assert view["status"] == "done"
+    assert stdout.strip() == view["report"].strip()
+    assert "source [1]" in stderr
+
+
+async def test_research_without_approve_waits(scout, client):
+    code, stdout, stderr = await run_cli(
+        "research", QUESTION, "--base-url", scout.base_url, "--timeout", "20"
+    )
+
+    view = await only_job(client)
+    assert code == 1
+    assert stdout == ""
+    assert "awaits approval" in stderr
+    assert f"curl -X POST {scout.base_url}/research/{view['job_id']}/approve" in stderr
+    assert (await wait_for_status(client, view["job_id"], {"awaiting_approval"}))["plan"]
