@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,19 @@ logger = logging.getLogger(__name__)
 REPLAY_BATCH = 500
 RETRY_MS = 2000
 WAIT_S = 30.0
+LINGER_PER_SUBSCRIBER_S = 0.0001
+MAX_LINGER_S = 0.1
+
+
+def linger_s(subscribers: int) -> float:
+    """Return how long a woken subscriber waits so that more events go out in one write.
+
+    Each write to a subscriber costs the event loop time that the job's own run then
+    waits for. Growing the wait with the subscriber count caps the writes per second
+    of one job near 1 / LINGER_PER_SUBSCRIBER_S, whatever the fan-out: 0.1 ms for one
+    subscriber, 100 ms for a thousand.
+    """
+    return min(MAX_LINGER_S, subscribers * LINGER_PER_SUBSCRIBER_S)
 
 
 def reconnect_frame(last_event_id: int, reason: str) -> bytes:
@@ -64,3 +78,4 @@ async def job_events(storage: Storage, hub: Hub, job_id: str, cursor: int) -> As
                 yield reconnect_frame(cursor, "server shutting down")
                 return
             await channel.wait(WAIT_S)
+            await asyncio.sleep(linger_s(channel.subscribers))
