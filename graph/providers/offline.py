@@ -20,7 +20,9 @@ OFFLINE_NOTICE = (
     "not the output of a language model."
 )
 SENTENCES_PER_STEP = 3
-CLAUSE_SPLIT = re.compile(r"\?\s+|;\s*|\s+and also\s+|,\s+and\s+", re.IGNORECASE)
+CLAUSE_SPLIT = re.compile(
+    r"\?\s+|;\s*(?:and\s+)?(?:also\s+)?|\s+and also\s+|,\s+and\s+", re.IGNORECASE
+)
 
 
 class OfflineModel:
@@ -107,7 +109,8 @@ def compose_report(question: str, plan: ResearchPlan, sources: Sequence[Source])
 
     if sources:
         parts.append("## Sources\n\n")
-        parts.extend(f"[{s['id']}] {s['title']} ({s['url']})\n" for s in sources)
+        # A numbered list rather than `[n]`, so the list itself does not count as citations.
+        parts.extend(f"{s['id']}. {s['title']} ({s['url']})\n" for s in sources)
     else:
         parts.append("No sources were found, so nothing above is supported by a citation.\n")
     return "".join(parts)

@@ -15,7 +15,7 @@ STOPWORDS = frozenset(
     itself just me more most my no nor not now of off on once only or other our out over
     own same she should so some such than that the their them then there these they this
     those through to too under until up very was we were what when where which while who
-    whom why will with would you your yours explain describe tell give show please""".split()
+    whom why will with would you your yours explain describe tell give show please also""".split()
 )
 
 
