@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
+import os
 import sys
 
 from app.config import ConfigError, Settings
 from app.logs import configure_logging
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     research.add_argument("--follow", action="store_true", help="print events live as they arrive")
     research.add_argument("--idempotency-key", help="send this Idempotency-Key with the submission")
+    add_api_key_argument(research)
     research.add_argument(
         "--timeout",
         type=float,
@@ -59,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         "loadtest", help="run many jobs against a server and report latency and throughput"
     )
     add_arguments(loadtest)
+    add_api_key_argument(loadtest)
     loadtest.set_defaults(handler=_loadtest)
     return parser
 
@@ -76,15 +80,48 @@ def _serve(args: argparse.Namespace) -> int:
 
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
-    if not settings.api_keys and host not in LOOPBACK_HOSTS:
-        logging.getLogger("app.cli").warning(
-            "binding %s with no API keys: anyone who can reach this address can submit and "
-            "read jobs; set SCOUT_API_KEYS or bind 127.0.0.1",
-            host,
-        )
+    warn_if_unprotected(host, settings)
     server = make_server(create_app(settings), host, port, settings.log_level)
     server.run()
     return 0
+
+
+def warn_if_unprotected(host: str, settings: Settings) -> bool:
+    """Log a warning if `host` is not a loopback address and no API keys are set.
+
+    Return whether it warned.
+    """
+    if settings.api_keys or is_loopback(host):
+        return False
+    logger.warning(
+        "binding %s with no API keys: anyone who can reach this address can submit and "
+        "read jobs; set SCOUT_API_KEYS or bind 127.0.0.1",
+        host,
+    )
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """Return whether `host` is `localhost` or a loopback IP address such as 127.0.0.1 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def add_api_key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SCOUT_API_KEY") or None,
+        help="API key for a server with SCOUT_API_KEYS set (default: the SCOUT_API_KEY variable)",
+    )
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """Return the Authorization header for `api_key`, or no header without one."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _loadtest(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ import httpx
 import orjson
 from httpx_sse import aconnect_sse
 
+from app.cli import auth_headers
+
 TERMINAL = {"done", "partial", "failed"}
 POLL_START_S = 0.1
 POLL_MAX_S = 1.0
@@ -27,7 +29,8 @@ def _note(message: str) -> None:
 
 async def run_research(args: argparse.Namespace) -> int:
     """Run one job end to end; return 0 when it is done, 1 otherwise."""
-    async with httpx.AsyncClient(base_url=args.base_url, timeout=30.0) as client:
+    headers = auth_headers(args.api_key)
+    async with httpx.AsyncClient(base_url=args.base_url, timeout=30.0, headers=headers) as client:
         try:
             job_id = await submit(client, args.question, args.idempotency_key)
             _note(f"job {job_id} submitted")

@@ -53,6 +53,8 @@ class Settings:
     max_header_bytes: int = 16_384
     submit_rate_per_min: int = 60
     max_unfinished_per_key: int = 50
+    guardrails: bool = True
+    """Whether the input, source and output rails run (SCOUT_GUARDRAILS=on|off)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +115,7 @@ class Settings:
             max_header_bytes=reader.integer("SCOUT_MAX_HEADER_BYTES", 16_384, 1024, 1_048_576),
             submit_rate_per_min=reader.integer("SCOUT_SUBMIT_RATE_PER_MIN", 60, 1, 1_000_000),
             max_unfinished_per_key=reader.integer("SCOUT_MAX_UNFINISHED_PER_KEY", 50, 1, 1_000_000),
+            guardrails=reader.choice("SCOUT_GUARDRAILS", ("on", "off"), "on") == "on",
         )
 
 

@@ -18,7 +18,9 @@ JOB_STATUSES: tuple[JobStatus, ...] = (
 )
 TERMINAL_STATUSES: frozenset[str] = frozenset({"done", "partial", "failed"})
 
-EventName = Literal["status", "plan", "source", "token", "report", "error", "end", "reconnect"]
+EventName = Literal[
+    "status", "plan", "source", "source_dropped", "token", "report", "error", "end", "reconnect"
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,13 +63,18 @@ class LoadReport:
         }
 
 
-async def run_load(base_url: str, jobs: int, concurrency: int, timeout_s: float) -> LoadReport:
+async def run_load(
+    base_url: str, jobs: int, concurrency: int, timeout_s: float, api_key: str | None = None
+) -> LoadReport:
     """Run `jobs` jobs, at most `concurrency` at a time, against `base_url`."""
     report = LoadReport()
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency * 2)
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=base_url, timeout=30.0, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=30.0, limits=limits, headers=headers
+    ) as client:
 
         async def one(index: int) -> JobResult:
             async with gate:
@@ -175,7 +180,9 @@ def _seconds(value: float | None) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    report = asyncio.run(run_load(args.base_url, args.jobs, args.concurrency, args.timeout))
+    report = asyncio.run(
+        run_load(args.base_url, args.jobs, args.concurrency, args.timeout, args.api_key)
+    )
     if args.json:
         print(
             json.dumps({"jobs": [asdict(job) for job in report.jobs], "summary": report.summary()})

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
-from app.config import Settings
+from langchain_core.language_models import BaseChatModel
+
+from app.config import ConfigError, Settings
+from graph.guardrails import Guardrails
 from graph.providers.base import ResearchModel, SearchProvider
 from graph.providers.corpus import LocalCorpus
 from graph.providers.offline import OfflineModel
+from graph.providers.offline_guard import OfflineGuardModel
 from graph.providers.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -30,6 +35,39 @@ def make_model(settings: Settings) -> ResearchModel:
         requests_per_minute=settings.llm_rpm,
         policy=RetryPolicy(max_tries=settings.llm_max_tries, base_s=settings.retry_base_s),
     )
+
+
+def make_guardrails(model: ResearchModel, settings: Settings) -> Guardrails | None:
+    """Return the rails run with the job's model, or None when SCOUT_GUARDRAILS=off.
+
+    The offline model gets the offline guard model, shared by every service of the
+    process so its rails are built once. A model with a LangChain chat model in `chat`,
+    such as NvidiaModel, runs the rails with that chat model, its pacer and its retries.
+    """
+    if not settings.guardrails:
+        return None
+    if model.offline:
+        return offline_guardrails()
+
+    chat = getattr(model, "chat", None)
+    if not isinstance(chat, BaseChatModel):
+        raise ConfigError(
+            f"The guardrails need a LangChain chat model, and the model {model.name!r} has none; "
+            "set SCOUT_GUARDRAILS=off to run without them."
+        )
+    return Guardrails(
+        chat,
+        policy=getattr(model, "policy", None),
+        call_timeout_s=getattr(model, "call_timeout_s", settings.call_timeout_s),
+        # NvidiaModel reads Retry-After from its client's last response.
+        retry_after=getattr(model, "_retry_after", None),
+    )
+
+
+@functools.cache
+def offline_guardrails() -> Guardrails:
+    """Return the process's one set of rails run by the offline guard model."""
+    return Guardrails(OfflineGuardModel())
 
 
 def search_policy(settings: Settings) -> RetryPolicy:

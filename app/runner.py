@@ -170,13 +170,14 @@ class JobRunner:
         recorder = EventRecorder(job_id, self.storage, self.hub, self.owner)
         content = content or await self.load_content(job_id)
         self._live[job_id] = content
+        deadline: asyncio.Timeout | None = None
         try:
             if run_input is RECOVER:
                 run_input, content = await self._recovery_input(job_id, recorder)
                 self._live[job_id] = content
                 if run_input is RECOVER:
                     return
-            async with asyncio.timeout(self.settings.job_timeout_s):
+            async with asyncio.timeout(self.settings.job_timeout_s) as deadline:
                 await self._execute(job_id, run_input, content, recorder)
         except asyncio.CancelledError:
             if job_id in self._cancelled:
@@ -187,9 +188,16 @@ class JobRunner:
         except LeaseLost:
             logger.warning("job=%s lost its lease to another process; run stopped", job_id)
         except TimeoutError:
-            limit = self.settings.job_timeout_s
-            logger.warning("job=%s timed out after %.0f s", job_id, limit)
-            await self._give_up(recorder, content, f"The job did not finish within {limit:.0f} s.")
+            if deadline is not None and deadline.expired():
+                limit = self.settings.job_timeout_s
+                logger.warning("job=%s timed out after %.0f s", job_id, limit)
+                error = f"The job did not finish within {limit:.0f} s."
+            else:
+                # A model or search call ran out of its own time limit, not the job.
+                limit = self.settings.call_timeout_s
+                logger.warning("job=%s run failed: a provider call timed out", job_id)
+                error = f"A model or search call timed out (SCOUT_CALL_TIMEOUT_S is {limit:g} s)."
+            await self._give_up(recorder, content, error)
         except Exception as exc:
             logger.exception("job=%s run failed", job_id)
             await self._give_up(
@@ -268,10 +276,14 @@ class JobRunner:
             elif node == "approve" and update.get("plan_edited"):
                 await recorder.record([("plan", {"plan": update["plan"], "edited": True})])
                 content.plan, content.plan_edited = update["plan"], True
-            elif node == "research" and update.get("sources"):
-                sources = update["sources"]
-                await recorder.record([("source", source_summary(s)) for s in sources])
+            elif node == "research" and (update.get("sources") or update.get("dropped_sources")):
+                sources = update.get("sources") or []
+                dropped = update.get("dropped_sources") or []
+                events = [("source", source_summary(s)) for s in sources]
+                events += [("source_dropped", d) for d in dropped]
+                await recorder.record(events)
                 content.sources.extend(sources)
+                content.dropped_sources.extend(dropped)
             elif node == "write":
                 content.report = update["report"]
                 content.citations = update["citations"]
@@ -323,6 +335,7 @@ class JobRunner:
                     action="end partially",
                     fields=fields,
                 )
+                await self._store_partial_report(recorder.job_id, content.report)
             else:
                 await recorder.transition(
                     "failed",
@@ -332,6 +345,19 @@ class JobRunner:
                 )
         except (IllegalTransition, LeaseLost) as exc:
             logger.warning("job=%s was not marked failed: %s", recorder.job_id, exc)
+
+    async def _store_partial_report(self, job_id: str, report: str) -> None:
+        """Write the report text so far into the job's thread, where GET /status reads it.
+
+        Until the run ends, the view comes from the run's live content. After that it comes
+        from the checkpoint and is cached, so this must finish before the run ends.
+        """
+        try:
+            await self.graph.aupdate_state(
+                thread_config(job_id), {"report": report, "citations": []}, as_node="write"
+            )
+        except Exception:
+            logger.warning("job=%s could not store its partial report", job_id, exc_info=True)
 
     async def _maintain_leases(self) -> None:
         """Renew this process's leases and adopt orphaned jobs, every third of the lease time."""

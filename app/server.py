@@ -7,6 +7,7 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
+from app.logs import redact_access_tokens
 from app.service import Service
 
 
@@ -27,6 +28,8 @@ class ScoutServer(uvicorn.Server):
 
 
 def make_server(app: Starlette, host: str, port: int, log_level: str = "info") -> ScoutServer:
+    # The access log writes query strings, and the event stream accepts `?access_token=`.
+    redact_access_tokens()
     config = uvicorn.Config(
         app,
         host=host,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -19,7 +20,7 @@ from app.config import Settings
 from app.errors import FieldError, IdempotencyMismatch, InvalidRequest, JobNotFound
 from app.hub import Hub
 from app.jobs import JobRecord
-from app.providers import describe, make_model, make_search, search_policy
+from app.providers import describe, make_guardrails, make_model, make_search, search_policy
 from app.runner import CANCELLED_ERROR, REJECTED_ERROR, JobRunner, status_events
 from app.schemas import ApprovalRequest, ResearchRequest
 from app.storage import NewJob, SqliteStorage
@@ -53,6 +54,8 @@ class Service:
         self.settings = settings
         self.model = model or make_model(settings)
         self.search = search or make_search(settings)
+        self.guardrails = make_guardrails(self.model, settings)
+        self._guardrails_warm_up: asyncio.Task[None] | None = None
         self.storage = SqliteStorage(settings.data_dir)
         self.hub = Hub(self.storage, settings.sse_window, settings.event_poll_s)
         self.runner: JobRunner
@@ -74,13 +77,21 @@ class Service:
             checkpointer,
             search_policy(self.settings),
             self.settings.call_timeout_s,
+            self.guardrails,
         )
         self.runner = JobRunner(self.storage, graph, self.hub, self.settings)
         logger.info(
-            "service started: %s; lease owner %s",
+            "service started: %s; guardrails %s; lease owner %s",
             describe(self.model, self.search, self.settings),
+            "on" if self.guardrails is not None else "off",
             self.runner.owner,
         )
+        if self.guardrails is not None:
+            # Built in the background: the import takes seconds, and startup need not wait.
+            self._guardrails_warm_up = asyncio.create_task(
+                self.guardrails.warm_up(), name="guardrails-warm-up"
+            )
+            self._guardrails_warm_up.add_done_callback(_log_warm_up_failure)
         await self.runner.begin()
 
     def begin_shutdown(self) -> None:
@@ -91,6 +102,8 @@ class Service:
     async def stop(self) -> None:
         """Let runs finish within the shutdown grace time, release leases and close storage."""
         self.begin_shutdown()
+        if self._guardrails_warm_up is not None:
+            self._guardrails_warm_up.cancel()
         await self.runner.stop(self.settings.shutdown_grace_s)
         await self._exit_stack.aclose()
         await self.storage.close()
@@ -106,11 +119,17 @@ class Service:
         """
         self._check_question(request.question)
         key = _check_idempotency_key(idempotency_key)
-        if caller:
-            await self._check_limits(caller)
         request_hash = hashlib.sha256(
             orjson.dumps(request.model_dump(), option=orjson.OPT_SORT_KEYS)
         ).hexdigest()
+        if key is not None:
+            # A retry of a stored submission returns its job without counting against the
+            # per-key limits, because the job exists already.
+            existing = await self.storage.get_job_by_idempotency_key(caller, key)
+            if existing is not None:
+                return self._replay(existing, key, request_hash), False
+        if caller:
+            await self._check_limits(caller)
         job = NewJob(
             id=str(uuid.uuid4()),
             question=request.question,
@@ -124,21 +143,22 @@ class Service:
 
         record, created = await self.storage.create_job(job, status_events(RunContent()))
         if not created:
-            if record.request_hash != request_hash:
-                raise IdempotencyMismatch(
-                    f"Idempotency-Key {key!r} was first used with a different body.",
-                    [
-                        FieldError(
-                            "header.Idempotency-Key", "Use a new key for a different request."
-                        )
-                    ],
-                )
-            logger.info("job=%s returned again for idempotency key", record.id)
-            return record, False
+            # Another request with the same key created the job after the lookup above.
+            return self._replay(record, key, request_hash), False
 
         logger.info("job=%s created model=%s search=%s", record.id, record.model, record.search)
         self.runner.start(record.id, {"question": record.question}, RunContent())
         return record, True
+
+    def _replay(self, record: JobRecord, key: str | None, request_hash: str) -> JobRecord:
+        """Return the job stored for an idempotency key, or raise if the body differs."""
+        if record.request_hash != request_hash:
+            raise IdempotencyMismatch(
+                f"Idempotency-Key {key!r} was first used with a different body.",
+                [FieldError("header.Idempotency-Key", "Use a new key for a different request.")],
+            )
+        logger.info("job=%s returned again for idempotency key", record.id)
+        return record
 
     async def approve(self, job_id: str, request: ApprovalRequest, caller: str = "") -> bytes:
         """Apply a person's decision: run the (possibly edited) plan, or end the job."""
@@ -256,6 +276,13 @@ class Service:
         self._views.move_to_end(job_id)
         if len(self._views) > VIEW_CACHE_SIZE:
             self._views.popitem(last=False)
+
+
+def _log_warm_up_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "guardrails could not be built; jobs fail until they can: %s", task.exception()
+        )
 
 
 def _check_idempotency_key(key: str | None) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from app.jobs import JobRecord
 from graph.providers.offline import OFFLINE_NOTICE
-from graph.state import Source
+from graph.state import DroppedSource, Source
 
 EXCERPT_CHARS = 280
 
@@ -21,6 +21,7 @@ class RunContent:
     sources: list[Source] = field(default_factory=list)
     report: str | None = None
     citations: list[int] = field(default_factory=list)
+    dropped_sources: list[DroppedSource] = field(default_factory=list)
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> RunContent:
@@ -31,6 +32,7 @@ class RunContent:
             sources=list(values.get("sources") or []),
             report=values.get("report"),
             citations=list(values.get("citations") or []),
+            dropped_sources=list(values.get("dropped_sources") or []),
         )
 
 
@@ -60,6 +62,7 @@ def job_view(record: JobRecord, content: RunContent) -> dict[str, Any]:
         "plan": content.plan,
         "plan_edited": content.plan_edited,
         "sources": [source_summary(source) for source in content.sources],
+        "dropped_sources": content.dropped_sources,
         "report": content.report if show_report else None,
         "citations": content.citations if show_report else [],
         "error": record.error,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -11,6 +13,9 @@ from graph.providers.base import ResearchModel, SearchProvider
 from graph.providers.retry import RetryPolicy
 from graph.state import ResearchState
 
+if TYPE_CHECKING:
+    from graph.guardrails import Guardrails
+
 
 def build_graph(
     model: ResearchModel,
@@ -18,9 +23,15 @@ def build_graph(
     checkpointer: BaseCheckpointSaver | None,
     search_policy: RetryPolicy | None = None,
     call_timeout_s: float = 120.0,
+    guardrails: Guardrails | None = None,
 ) -> CompiledStateGraph:
-    """Compile the graph; one compiled graph serves every job of a process."""
-    nodes = Nodes(model, search, search_policy or RetryPolicy(max_tries=3), call_timeout_s)
+    """Compile the graph; one compiled graph serves every job of a process.
+
+    With `guardrails`, the question, every search result and the report pass its rails.
+    """
+    nodes = Nodes(
+        model, search, search_policy or RetryPolicy(max_tries=3), call_timeout_s, guardrails
+    )
     builder = StateGraph(ResearchState)
     builder.add_node("plan", nodes.plan)
     builder.add_node("approve", nodes.approve)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langgraph.config import get_stream_writer
 from langgraph.types import interrupt
@@ -14,7 +14,10 @@ from langgraph.types import interrupt
 from graph.plan import ResearchPlan
 from graph.providers.base import ProviderError, ResearchModel, SearchHit, SearchProvider
 from graph.providers.retry import RetryPolicy, retrying
-from graph.state import ResearchState, Source
+from graph.state import DroppedSource, ResearchState, Source
+
+if TYPE_CHECKING:
+    from graph.guardrails import Guardrails
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,8 @@ class Nodes:
     """Binds the node functions to one research model and one search provider.
 
     Each search call is limited to `call_timeout_s` and retried on 429, 5xx and
-    network errors as `search_policy` says.
+    network errors as `search_policy` says. With `guardrails`, the question, each new
+    search result and the report pass its rails. Without it, nothing is checked.
     """
 
     def __init__(
@@ -36,14 +40,18 @@ class Nodes:
         search: SearchProvider,
         search_policy: RetryPolicy,
         call_timeout_s: float,
+        guardrails: Guardrails | None = None,
     ) -> None:
         self.model = model
         self.search = search
         self.search_policy = search_policy
         self.call_timeout_s = call_timeout_s
+        self.guardrails = guardrails
 
     async def plan(self, state: ResearchState) -> dict[str, Any]:
         """Draft the plan. Kept apart from `approve` so resuming never re-runs the model."""
+        if self.guardrails is not None:
+            await self.guardrails.check_question(state["question"])
         plan = await self.model.draft_plan(state["question"])
         return {"plan": plan.model_dump(), "model": self.model.name, "step_index": 0}
 
@@ -65,7 +73,11 @@ class Nodes:
         return {"approved": True, "plan_edited": True, "plan": plan.model_dump()}
 
     async def research(self, state: ResearchState) -> dict[str, Any]:
-        """Run the queries of the next plan step and keep the sources not seen before."""
+        """Run the queries of the next plan step and keep the sources not seen before.
+
+        The source rail screens each new result; the ones it flags are returned as
+        `dropped_sources` and never become sources.
+        """
         plan = ResearchPlan.model_validate(state["plan"])
         index = state.get("step_index", 0)
         step = plan.steps[index]
@@ -78,8 +90,8 @@ class Nodes:
             raise ProviderError(f"Every search of step {index + 1} failed: {failures[0]}")
 
         known = {source["url"] for source in state.get("sources", [])}
-        next_id = len(state.get("sources", [])) + 1
-        gathered: list[Source] = []
+        known.update(dropped["url"] for dropped in state.get("dropped_sources", []))
+        new_hits: list[tuple[SearchHit, str]] = []
         for query, hits in zip(step.queries, results, strict=True):
             if isinstance(hits, BaseException):
                 continue
@@ -87,9 +99,17 @@ class Nodes:
                 if hit.url in known:
                     continue
                 known.add(hit.url)
-                gathered.append(_source(next_id, hit, query))
-                next_id += 1
-        return {"sources": gathered, "step_index": index + 1}
+                new_hits.append((hit, query))
+
+        new_hits, dropped = await self._screen(new_hits)
+        next_id = len(state.get("sources", [])) + 1
+        gathered = [
+            _source(next_id + offset, hit, query) for offset, (hit, query) in enumerate(new_hits)
+        ]
+        update: dict[str, Any] = {"sources": gathered, "step_index": index + 1}
+        if dropped:
+            update["dropped_sources"] = dropped
+        return update
 
     async def write(self, state: ResearchState) -> dict[str, Any]:
         """Stream the report; every token goes to the custom stream as it is produced."""
@@ -103,7 +123,31 @@ class Nodes:
             emit({"token": token})
         report = "".join(parts)
 
+        if self.guardrails is not None:
+            ids = [source["id"] for source in sources]
+            await self.guardrails.check_report(state["question"], report, ids)
         return {"report": report, "citations": cited_sources(report, sources)}
+
+    async def _screen(
+        self, hits: list[tuple[SearchHit, str]]
+    ) -> tuple[list[tuple[SearchHit, str]], list[DroppedSource]]:
+        """Split (hit, query) pairs into those the source rail keeps and those it drops."""
+        if self.guardrails is None or not hits:
+            return hits, []
+        reasons = await self.guardrails.check_sources(
+            [(hit.title, hit.content[:MAX_SOURCE_CHARS]) for hit, _ in hits]
+        )
+        kept: list[tuple[SearchHit, str]] = []
+        dropped: list[DroppedSource] = []
+        for (hit, query), reason in zip(hits, reasons, strict=True):
+            if reason is None:
+                kept.append((hit, query))
+            else:
+                logger.warning(
+                    "source rail dropped a search result: url=%s reason=%s", hit.url, reason
+                )
+                dropped.append(DroppedSource(url=hit.url, title=hit.title, reason=reason))
+        return kept, dropped
 
     async def _search(self, query: str) -> list[SearchHit]:
         async def attempt() -> list[SearchHit]:

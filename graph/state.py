@@ -16,6 +16,14 @@ class Source(TypedDict):
     query: str
 
 
+class DroppedSource(TypedDict):
+    """A search result that the source rail kept from the writer, and why."""
+
+    url: str
+    title: str
+    reason: str
+
+
 class ResearchState(TypedDict, total=False):
     """State of one research run. Plans are stored as plain dicts so checkpoints stay JSON-like."""
 
@@ -25,6 +33,7 @@ class ResearchState(TypedDict, total=False):
     approved: bool
     step_index: int
     sources: Annotated[list[Source], operator.add]
+    dropped_sources: Annotated[list[DroppedSource], operator.add]
     report: str
     citations: list[int]
     model: str

@@ -18,6 +18,7 @@
   const MAX_STREAM_FAILURES = 3;
   const RECENT_LIMIT = 20;
   const RECENT_REFRESH_DELAY_MS = 300;
+  const API_KEY_STORAGE_NAME = "scout.apiKey";
 
   const STATUS_LABELS = {
     pending: "Planning",
@@ -52,6 +53,14 @@
     recentRefresh: $("recent-refresh"),
     recentMessage: $("recent-message"),
     recentJobs: $("recent-jobs"),
+    authButton: $("auth-button"),
+    authDialog: $("auth-dialog"),
+    authForm: $("auth-form"),
+    authMessage: $("auth-message"),
+    authKey: $("auth-key"),
+    authDismiss: $("auth-dismiss"),
+    jobCancel: $("job-cancel"),
+    jobActionProblem: $("job-action-problem"),
   };
 
   /** The job shown on the page, or null when none is open. */
@@ -173,6 +182,147 @@
   function hideProblem(box) {
     box.hidden = true;
     box.replaceChildren();
+  }
+
+  // ---------------------------------------------------------------------------
+  // API key: asked for on the first 401, kept in sessionStorage, sent with every request
+
+  const auth = {
+    key: readStoredKey(),
+    // True once a request got 401, so this server needs a key.
+    required: false,
+    // True after the user closed the key dialog without a key. Background requests then
+    // stop asking until the user asks for the dialog with the header button.
+    dismissed: false,
+    // Resolve functions of the requests that wait for a key from the dialog.
+    waiters: [],
+  };
+
+  function readStoredKey() {
+    try {
+      return window.sessionStorage.getItem(API_KEY_STORAGE_NAME) ?? "";
+    } catch {
+      return ""; // Storage is disabled: the key lasts until the page closes.
+    }
+  }
+
+  function storeKey(key) {
+    auth.key = key;
+    try {
+      if (key) window.sessionStorage.setItem(API_KEY_STORAGE_NAME, key);
+      else window.sessionStorage.removeItem(API_KEY_STORAGE_NAME);
+    } catch {
+      // Storage is disabled: keep the key in memory only.
+    }
+    renderAuthButton();
+  }
+
+  function renderAuthButton() {
+    ui.authButton.hidden = !auth.key && !auth.required;
+    ui.authButton.textContent = auth.key ? "Forget key" : "Enter API key";
+  }
+
+  /**
+   * Show the key dialog and resolve with the key the user enters, or null if they close it.
+   * Requests that get 401 while the dialog is open share it.
+   */
+  function askForKey(reason) {
+    if (auth.dismissed) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      auth.waiters.push(resolve);
+      showKeyDialog(reason);
+    });
+  }
+
+  function showKeyDialog(reason) {
+    const opening = !ui.authDialog.open;
+    if (opening || reason === "rejected") {
+      ui.authMessage.textContent =
+        reason === "rejected"
+          ? "Scout rejected this API key. Check the key and enter it again."
+          : "This Scout server needs an API key. Enter the key you were given.";
+    }
+    if (!opening) return;
+    ui.authKey.value = "";
+    ui.authKey.removeAttribute("aria-invalid");
+    ui.authDialog.showModal();
+    ui.authKey.focus();
+  }
+
+  function resolveKeyWaiters(key) {
+    for (const resolve of auth.waiters.splice(0)) resolve(key);
+  }
+
+  function onKeySubmit(event) {
+    event.preventDefault();
+    const key = ui.authKey.value.trim();
+    if (!key) {
+      ui.authMessage.textContent = "Enter the API key, or choose Not now.";
+      ui.authKey.setAttribute("aria-invalid", "true");
+      ui.authKey.focus();
+      return;
+    }
+    auth.dismissed = false;
+    storeKey(key);
+    ui.authKey.value = "";
+    ui.authDialog.close();
+    resolveKeyWaiters(key);
+  }
+
+  /** Resolve the waiting requests with null when the dialog closes without a key (Not now or Escape). */
+  function onKeyDialogClose() {
+    ui.authKey.value = "";
+    if (!auth.waiters.length) return;
+    auth.dismissed = true;
+    resolveKeyWaiters(null);
+  }
+
+  /**
+   * fetch() with the API key. On 401 it asks for a key, once for all requests waiting at
+   * that moment, and sends the request again with it. It returns the 401 response when
+   * the user closes the dialog without a key. `interactive` marks a request that the user
+   * started, which asks for the key even after the user closed the dialog once.
+   */
+  async function apiFetch(url, options = {}, { interactive = false } = {}) {
+    if (interactive) auth.dismissed = false;
+    for (;;) {
+      const sentKey = auth.key;
+      const headers = new Headers(options.headers);
+      if (sentKey) headers.set("Authorization", `Bearer ${sentKey}`);
+      const response = await fetch(url, { ...options, headers });
+      if (response.status !== 401) return response;
+
+      auth.required = true;
+      renderAuthButton();
+      if (auth.key !== sentKey) continue; // Another request stored a new key meanwhile.
+      if (sentKey) storeKey(""); // The server no longer accepts the stored key.
+      const key = await askForKey(sentKey ? "rejected" : "missing");
+      if (!key) return response;
+    }
+  }
+
+  async function onAuthButton() {
+    if (auth.key) {
+      forgetKey();
+      return;
+    }
+    auth.dismissed = false; // The user asked for the dialog.
+    const key = await askForKey("missing");
+    if (!key) return;
+    loadRecentJobs();
+    if (session) openJob(session.jobId);
+  }
+
+  /** Drop the key and everything the page loaded with it; the next request asks again. */
+  function forgetKey() {
+    storeKey("");
+    auth.dismissed = false;
+    if (window.location.hash) {
+      window.history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+    closeJob();
+    ui.recentJobs.replaceChildren();
+    ui.recentMessage.textContent = "API key forgotten. The page asks for it again on the next request.";
   }
 
   // ---------------------------------------------------------------------------
@@ -393,6 +543,8 @@
     const status = job.status ?? "";
     ui.jobStatus.textContent = STATUS_LABELS[status] ?? (status || "Loading");
     ui.jobStatus.dataset.status = status;
+    ui.jobCancel.hidden = !status || TERMINAL_STATUSES.has(status);
+    ui.jobCancel.disabled = Boolean(job.cancelling);
 
     const rows = [["Job id", el("code", {}, job.jobId)]];
     if (view) {
@@ -678,11 +830,11 @@
 
     let problem = null;
     try {
-      const response = await fetch(`/research/${encodeURIComponent(job.jobId)}/approve`, {
+      const response = await apiFetch(`/research/${encodeURIComponent(job.jobId)}/approve`, {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json, application/problem+json" },
         body: JSON.stringify(body),
-      });
+      }, { interactive: true });
       if (response.ok) {
         const view = await response.json();
         job.decisionSent = true;
@@ -709,6 +861,39 @@
     }
     renderReviewForm(job, "#plan-problem");
     ui.plan.querySelector("#plan-problem")?.setAttribute("tabindex", "-1");
+  }
+
+  // ---------------------------------------------------------------------------
+  // Cancelling a job
+
+  /** Cancel an unfinished job. It ends `failed` with the error "cancelled". */
+  async function cancelJob(job) {
+    if (!job || job.cancelling || TERMINAL_STATUSES.has(job.status)) return;
+    job.cancelling = true;
+    ui.jobCancel.disabled = true;
+    hideProblem(ui.jobActionProblem);
+
+    let problem = null;
+    try {
+      const response = await apiFetch(`/research/${encodeURIComponent(job.jobId)}/cancel`, {
+        method: "POST",
+        headers: { Accept: "application/json, application/problem+json" },
+      }, { interactive: true });
+      if (response.ok) {
+        const view = await response.json();
+        // The stream delivers the same change as events, so only a polling page applies the view.
+        if (job.mode === "poll" && !job.closed) applyPolledView(job, view);
+      } else {
+        problem = await readProblem(response);
+      }
+    } catch (error) {
+      problem = networkProblem(error);
+    } finally {
+      job.cancelling = false;
+    }
+    if (job !== session) return;
+    ui.jobCancel.disabled = false;
+    if (problem) showProblem(ui.jobActionProblem, problem);
   }
 
   // ---------------------------------------------------------------------------
@@ -814,8 +999,16 @@
   // Event stream with resume, and the polling fallback
 
   function eventsUrl(job) {
-    const base = `/research/${encodeURIComponent(job.jobId)}/events`;
-    return job.lastEventId > 0 ? `${base}?last_event_id=${job.lastEventId}` : base;
+    const params = new URLSearchParams();
+    if (job.lastEventId > 0) params.set("last_event_id", String(job.lastEventId));
+    // EventSource cannot set headers, so the events route also accepts the key here.
+    if (auth.key) params.set("access_token", auth.key);
+    const query = params.toString();
+    return `/research/${encodeURIComponent(job.jobId)}/events` + (query ? `?${query}` : "");
+  }
+
+  function statusUrl(job) {
+    return `/status/${encodeURIComponent(job.jobId)}`;
   }
 
   function connectStream(job) {
@@ -826,6 +1019,7 @@
     }
     const source = new EventSource(eventsUrl(job));
     job.stream = source;
+    job.streamKey = auth.key;
     setConnection(job, "Connecting…");
 
     source.addEventListener("open", () => {
@@ -890,10 +1084,34 @@
     if (source.readyState === EventSource.CLOSED || job.streamFailures >= MAX_STREAM_FAILURES) {
       source.close();
       job.stream = null;
-      startPolling(job, "the event stream failed");
+      recoverStream(job);
       return;
     }
     setConnection(job, "Connection lost; reconnecting…");
+  }
+
+  /**
+   * Choose between a new stream and polling after the stream failed for good.
+   *
+   * EventSource does not expose the HTTP status, so one status request finds out whether
+   * the key was missing or rejected. apiFetch then asks for a key, and the stream opens
+   * again with it. Any other failure falls back to polling.
+   */
+  async function recoverStream(job) {
+    let response = null;
+    try {
+      response = await apiFetch(statusUrl(job), { headers: { Accept: "application/json" }, cache: "no-store" });
+    } catch {
+      // A network error: polling retries and reports it.
+    }
+    if (job.closed) return;
+    // The stream failed with another key than the one that works now: open it again.
+    if (response?.ok && auth.key && auth.key !== job.streamKey) {
+      job.streamFailures = 0;
+      connectStream(job);
+      return;
+    }
+    startPolling(job, "the event stream failed");
   }
 
   function startPolling(job, reason) {
@@ -907,7 +1125,7 @@
   async function pollStatus(job) {
     if (job.closed) return;
     try {
-      const response = await fetch(`/status/${encodeURIComponent(job.jobId)}`, {
+      const response = await apiFetch(statusUrl(job), {
         headers: { Accept: "application/json" },
         cache: "no-store",
       });
@@ -958,10 +1176,12 @@
       error: null,
       lastEventId: 0,
       stream: null,
+      streamKey: "",
       streamFailures: 0,
       mode: "stream",
       pollTimer: null,
       pollFailures: 0,
+      cancelling: false,
       closed: false,
     };
   }
@@ -981,7 +1201,10 @@
     ui.jobConnection.textContent = "";
     ui.jobDetails.replaceChildren();
     ui.jobNotice.hidden = true;
+    ui.jobCancel.hidden = true;
+    ui.jobCancel.disabled = false;
     hideProblem(ui.jobError);
+    hideProblem(ui.jobActionProblem);
     ui.planSection.hidden = true;
     ui.plan.replaceChildren();
     ui.reportBody.replaceChildren();
@@ -1066,11 +1289,11 @@
     ui.questionSubmit.disabled = true;
     ui.questionSubmit.textContent = "Submitting…";
     try {
-      const response = await fetch("/research", {
+      const response = await apiFetch("/research", {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json, application/problem+json" },
         body: JSON.stringify({ question }),
-      });
+      }, { interactive: true });
       if (!response.ok) {
         const problem = await readProblem(response);
         showProblem(ui.questionProblem, problem, (field) => (field === "body.question" ? "Question" : field));
@@ -1099,14 +1322,14 @@
     recentTimer = setTimeout(loadRecentJobs, RECENT_REFRESH_DELAY_MS);
   }
 
-  async function loadRecentJobs() {
+  async function loadRecentJobs({ interactive = false } = {}) {
     clearTimeout(recentTimer);
     ui.recentRefresh.disabled = true;
     try {
-      const response = await fetch(`/research?limit=${RECENT_LIMIT}`, {
+      const response = await apiFetch(`/research?limit=${RECENT_LIMIT}`, {
         headers: { Accept: "application/json" },
         cache: "no-store",
-      });
+      }, { interactive });
       if (!response.ok) {
         const problem = await readProblem(response);
         ui.recentMessage.textContent = `Could not load recent jobs: ${problem.detail || problem.title}`;
@@ -1166,8 +1389,15 @@
       ui.questionForm.requestSubmit();
     }
   });
-  ui.recentRefresh.addEventListener("click", loadRecentJobs);
+  ui.recentRefresh.addEventListener("click", () => loadRecentJobs({ interactive: true }));
+  ui.jobCancel.addEventListener("click", () => cancelJob(session));
+  ui.authButton.addEventListener("click", onAuthButton);
+  ui.authForm.addEventListener("submit", onKeySubmit);
+  ui.authDismiss.addEventListener("click", () => ui.authDialog.close());
+  ui.authDialog.addEventListener("close", onKeyDialogClose);
   window.addEventListener("hashchange", onHashChange);
+
+  renderAuthButton();
 
   loadRecentJobs();
   const initialJob = jobIdFromHash();

@@ -6,6 +6,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from tests.conftest import make_settings, run_scout
 from tests.helpers import wait_for_status
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -87,3 +88,36 @@ async def test_research_without_approve_waits(scout, client):
     assert "awaits approval" in stderr
     assert f"curl -X POST {scout.base_url}/research/{view['job_id']}/approve" in stderr
     assert (await wait_for_status(client, view["job_id"], {"awaiting_approval"}))["plan"]
+
+
+async def test_research_sends_api_key(tmp_path: Path):
+    key = "cli-test-key-0123456789"
+    settings = make_settings(tmp_path / "data", SCOUT_API_KEYS=key)
+
+    async with run_scout(settings) as scout:
+        denied = await run_cli("research", QUESTION, "--approve", "--base-url", scout.base_url)
+        code, stdout, stderr = await run_cli(
+            "research", QUESTION, "--approve", "--base-url", scout.base_url, "--api-key", key
+        )
+
+    assert denied[0] == 1
+    assert "401" in denied[2]
+    assert code == 0, stderr
+    assert "## Sources" in stdout
+    assert key not in stdout + stderr
+
+
+async def test_loadtest_sends_api_key(tmp_path: Path):
+    key = "cli-test-key-9876543210"
+    # The load test asks about Scout itself, which the project's docs/ corpus answers.
+    settings = make_settings(
+        tmp_path / "data", SCOUT_API_KEYS=key, SCOUT_CORPUS_DIR=str(PROJECT_DIR / "docs")
+    )
+
+    async with run_scout(settings) as scout:
+        code, stdout, stderr = await run_cli(
+            "loadtest", "--jobs", "2", "--base-url", scout.base_url, "--api-key", key
+        )
+
+    assert code == 0, stdout + stderr
+    assert "completed        2/2" in stdout

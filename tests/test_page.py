@@ -7,14 +7,16 @@ so these tests use the async API.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.async_api import Page, Route, async_playwright, expect
+from playwright.async_api import Page, Request, Route, async_playwright, expect
 
 from tests.conftest import make_settings, run_scout
 from tests.helpers import approve, submit, wait_for_status
@@ -33,6 +35,13 @@ CHROMIUM_ARGS = [
 ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "test-artifacts"
 QUESTION = "How does Scout recover a job after a restart?"
 TIMEOUT_MS = 15_000
+# Made-up API keys for these tests only.
+PAGE_KEY = "scout-page-test-key-0123456789"
+OTHER_PAGE_KEY = "scout-page-test-key-other-98765"
+WRONG_PAGE_KEY = "scout-page-test-key-wrong-55555"
+KEY_STORAGE_NAME = "scout.apiKey"
+# A Markdown list item's marker, as static/app.js parses it.
+LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])\s+", re.MULTILINE)
 
 pytestmark = [
     pytest.mark.browser,
@@ -89,24 +98,41 @@ def report_headings(markdown: str) -> list[str]:
     return [plain_text(line.lstrip("#")) for line in markdown.splitlines() if line.startswith("#")]
 
 
-def report_paragraphs(markdown: str) -> list[str]:
+def report_blocks(markdown: str) -> list[str]:
+    """Return the report's blocks that are not headings: paragraphs and lists."""
     blocks = (block.strip() for block in markdown.split("\n\n"))
-    return [plain_text(block) for block in blocks if block and not block.startswith("#")]
+    return [block for block in blocks if block and not block.startswith("#")]
 
 
-async def page_report(page: Page) -> tuple[list[str], list[str]]:
-    """Return the report's headings and paragraphs as the page renders them."""
+def report_paragraphs(markdown: str) -> list[str]:
+    return [plain_text(b) for b in report_blocks(markdown) if not LIST_ITEM.match(b)]
+
+
+def report_list_items(markdown: str) -> list[str]:
+    """Return the text of every list item, without its `1.` or `-` marker."""
+    lists = [block for block in report_blocks(markdown) if LIST_ITEM.match(block)]
+    return [plain_text(LIST_ITEM.sub("", line)) for block in lists for line in block.splitlines()]
+
+
+async def page_report(page: Page) -> tuple[list[str], list[str], list[str]]:
+    """Return the report's headings, paragraphs and list items as the page renders them."""
     body = page.locator("#report-body")
     headings = await body.locator("h4, h5, h6").all_inner_texts()
     paragraphs = await body.locator(":scope > p").all_inner_texts()
-    return [" ".join(h.split()) for h in headings], [" ".join(p.split()) for p in paragraphs]
+    items = await body.locator(":scope > ol > li, :scope > ul > li").all_inner_texts()
+    return (
+        [" ".join(h.split()) for h in headings],
+        [" ".join(p.split()) for p in paragraphs],
+        [" ".join(i.split()) for i in items],
+    )
 
 
 async def assert_report_matches(page: Page, report: str) -> None:
     """Check the rendered report against the server's text: nothing lost, nothing repeated."""
-    headings, paragraphs = await page_report(page)
+    headings, paragraphs, items = await page_report(page)
     assert headings == report_headings(report)
     assert paragraphs == report_paragraphs(report)
+    assert items == report_list_items(report)
     question_heading = page.locator("#report-body").get_by_role(
         "heading", name=QUESTION, exact=True
     )
@@ -130,6 +156,21 @@ async def assert_citations_link_sources(page: Page) -> int:
 
 def timeline(page: Page):  # type: ignore[no-untyped-def]
     return page.locator("#timeline")
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def store_key_before_load(page: Page, key: str) -> None:
+    """Put `key` in the page's sessionStorage before its script runs, as if entered earlier."""
+    await page.add_init_script(
+        f"window.sessionStorage.setItem({json.dumps(KEY_STORAGE_NAME)}, {json.dumps(key)})"
+    )
+
+
+async def stored_key(page: Page) -> str | None:
+    return await page.evaluate(f"window.sessionStorage.getItem({json.dumps(KEY_STORAGE_NAME)})")
 
 
 async def submit_question(page: Page, base_url: str) -> str:
@@ -307,10 +348,19 @@ def parse_frames(body: str) -> list[Frame]:
     return frames
 
 
-async def test_page_resumes_after_reconnect_event(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "data")
-    async with run_scout(settings) as scout, scout.client() as client, open_page() as browser:
+@pytest.mark.parametrize("api_key", [None, PAGE_KEY], ids=["no-auth", "api-key"])
+async def test_page_resumes_after_reconnect_event(tmp_path: Path, api_key: str | None) -> None:
+    env = {} if api_key is None else {"SCOUT_API_KEYS": api_key}
+    headers = {} if api_key is None else bearer(api_key)
+    settings = make_settings(tmp_path / "data", **env)
+    async with (
+        run_scout(settings) as scout,
+        scout.client(headers=headers) as client,
+        open_page() as browser,
+    ):
         page = browser.page
+        if api_key is not None:
+            await store_key_before_load(page, api_key)
         job_id = await submit(client, QUESTION)
         await wait_for_status(client, job_id, {"awaiting_approval"})
         assert (await approve(client, job_id)).status_code == 200
@@ -357,9 +407,235 @@ async def test_page_resumes_after_reconnect_event(tmp_path: Path) -> None:
         await expect(page.locator("#job-status")).to_have_attribute("data-status", "done")
         await expect(timeline(page)).to_contain_text(f"resuming after event {cut_id}")
         assert len(requested_urls) == 2
-        assert requested_urls[1].endswith(f"/events?last_event_id={cut_id}")
+        if api_key is None:
+            assert requested_urls[1].endswith(f"/events?last_event_id={cut_id}")
+        else:
+            first_query = parse_qs(urlsplit(requested_urls[0]).query)
+            second_query = parse_qs(urlsplit(requested_urls[1]).query)
+            assert first_query == {"access_token": [api_key]}
+            assert second_query == {"last_event_id": [str(cut_id)], "access_token": [api_key]}
+        await expect(page.get_by_role("dialog")).to_be_hidden()
         await assert_report_matches(page, view["report"])
         await assert_citations_link_sources(page)
+
+        assert browser.script_errors == []
+        assert browser.scout_warnings == []
+
+
+async def enter_key(page: Page, key: str) -> None:
+    dialog = page.get_by_role("dialog", name="API key required")
+    await expect(dialog).to_be_visible()
+    await dialog.get_by_label("API key", exact=True).fill(key)
+    await dialog.get_by_role("button", name="Use key").click()
+
+
+async def test_page_asks_for_key_once(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path / "data",
+        SCOUT_API_KEYS=f"{PAGE_KEY},{OTHER_PAGE_KEY}",
+        SCOUT_OFFLINE_TOKEN_DELAY_MS="2",
+    )
+    async with (
+        run_scout(settings) as scout,
+        scout.client(headers=bearer(PAGE_KEY)) as client,
+        scout.client(headers=bearer(OTHER_PAGE_KEY)) as other_client,
+        open_page() as browser,
+    ):
+        page = browser.page
+        api_requests: list[Request] = []
+        page.on(
+            "request",
+            lambda request: (
+                api_requests.append(request)
+                if re.search(r"/(research|status)\b", request.url)
+                else None
+            ),
+        )
+        dialog = page.get_by_role("dialog", name="API key required")
+        auth_button = page.locator("#auth-button")
+
+        # The first request gets 401, so the page asks for a key. A wrong key is rejected.
+        await page.goto(scout.base_url + "/")
+        await expect(dialog).to_be_visible()
+        await expect(dialog).to_contain_text("needs an API key")
+        await expect(dialog.get_by_label("API key", exact=True)).to_be_focused()
+        await enter_key(page, WRONG_PAGE_KEY)
+        await expect(dialog).to_contain_text("rejected this API key")
+        assert await stored_key(page) is None
+        await enter_key(page, PAGE_KEY)
+        await expect(dialog).to_be_hidden()
+        await expect(page.locator("#recent-message")).to_have_text("No jobs yet.")
+        await expect(auth_button).to_have_text("Forget key")
+        assert await stored_key(page) == PAGE_KEY
+
+        # The key survives a reload of the tab, and a whole job runs with it.
+        job_id = await submit_question(page, scout.base_url)
+        await expect(page.get_by_role("button", name="Approve plan")).to_be_visible()
+        await page.get_by_role("button", name="Approve plan").click()
+        await expect(page.locator("#job-status")).to_have_attribute("data-status", "done")
+        await expect(dialog).to_be_hidden()
+        await expect(timeline(page)).not_to_contain_text("checking the status every second")
+        view = (await client.get(f"/status/{job_id}")).json()
+        assert view["status"] == "done"
+        await assert_report_matches(page, view["report"])
+        await expect(page.locator("#recent-jobs a", has_text=QUESTION)).to_have_count(1)
+
+        # fetch() sends the header; the event stream, which cannot, sends access_token.
+        fetches = [r for r in api_requests if "/events" not in r.url]
+        streams = [r for r in api_requests if "/events" in r.url]
+        assert {urlsplit(r.url).path for r in fetches} >= {
+            "/research",
+            f"/research/{job_id}/approve",
+        }
+        keyed = [r for r in fetches if (await r.all_headers()).get("authorization")]
+        assert len(keyed) >= 3
+        for request in keyed:
+            assert (await request.all_headers())["authorization"] in (
+                f"Bearer {PAGE_KEY}",
+                f"Bearer {WRONG_PAGE_KEY}",
+            )
+        assert streams
+        for request in streams:
+            assert parse_qs(urlsplit(request.url).query)["access_token"] == [PAGE_KEY]
+            assert "authorization" not in await request.all_headers()
+
+        # The job belongs to the page's key.
+        other_status = await other_client.get(f"/status/{job_id}")
+        assert other_status.status_code == 404
+
+        # Forget key drops the key and what the page showed; the next request asks again.
+        await auth_button.click()
+        assert await stored_key(page) is None
+        await expect(page.locator("#job")).to_be_hidden()
+        await expect(page.locator("#recent-jobs > li")).to_have_count(0)
+        await expect(page.locator("#recent-message")).to_contain_text("API key forgotten")
+        await expect(auth_button).to_have_text("Enter API key")
+        await expect(dialog).to_be_hidden()
+        await page.get_by_role("button", name="Refresh").click()
+        await expect(dialog).to_be_visible()
+
+        # Not now closes the dialog, and the request that needed a key reports the 401.
+        await dialog.get_by_role("button", name="Not now").click()
+        await expect(dialog).to_be_hidden()
+        await expect(page.locator("#recent-message")).to_contain_text("needs an API key")
+
+        # The header button asks for the key on request.
+        await auth_button.click()
+        await enter_key(page, PAGE_KEY)
+        await expect(dialog).to_be_hidden()
+        await expect(page.locator("#recent-jobs a", has_text=QUESTION)).to_have_count(1)
+
+        assert browser.script_errors == []
+        assert browser.scout_warnings == []
+
+
+async def test_page_opens_job_link_with_key_prompt(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", SCOUT_API_KEYS=PAGE_KEY)
+    async with (
+        run_scout(settings) as scout,
+        scout.client(headers=bearer(PAGE_KEY)) as client,
+        open_page() as browser,
+    ):
+        page = browser.page
+        job_id = await submit(client, QUESTION)
+        await wait_for_status(client, job_id, {"awaiting_approval"})
+        assert (await approve(client, job_id)).status_code == 200
+        await wait_for_status(client, job_id, {"done"})
+
+        # A link to a job opens its stream before the page has a key. The stream fails
+        # with 401; after the user enters the key the page streams again, it does not poll.
+        stream_urls: list[str] = []
+        page.on(
+            "request",
+            lambda request: stream_urls.append(request.url) if "/events" in request.url else None,
+        )
+        await page.goto(f"{scout.base_url}/#job={job_id}")
+        await enter_key(page, PAGE_KEY)
+        await expect(page.get_by_role("dialog")).to_be_hidden()
+        await expect(page.locator("#job-status")).to_have_attribute("data-status", "done")
+        await expect(timeline(page)).to_contain_text("Source 1 gathered")
+        await expect(timeline(page)).not_to_contain_text("checking the status every second")
+        assert len(stream_urls) == 2, stream_urls
+        assert "access_token" not in stream_urls[0]
+        assert parse_qs(urlsplit(stream_urls[1]).query)["access_token"] == [PAGE_KEY]
+
+        assert browser.script_errors == []
+        assert browser.scout_warnings == []
+
+
+@pytest.mark.parametrize(
+    ("updates", "phase"),
+    [
+        pytest.param("stream", "awaiting_approval", id="stream-awaiting-approval"),
+        pytest.param("stream", "running", id="stream-running"),
+        pytest.param("poll", "running", id="poll-running"),
+    ],
+)
+async def test_page_cancel_button(tmp_path: Path, updates: str, phase: str) -> None:
+    # A slow report keeps the job running long enough to cancel it there.
+    settings = make_settings(tmp_path / "data", SCOUT_OFFLINE_TOKEN_DELAY_MS="40")
+    async with run_scout(settings) as scout, scout.client() as client, open_page() as browser:
+        page = browser.page
+        if updates == "poll":
+            await page.add_init_script("delete window.EventSource")
+        cancel = page.get_by_role("button", name="Cancel job")
+        status = page.locator("#job-status")
+
+        job_id = await submit_question(page, scout.base_url)
+        await expect(status).to_have_attribute("data-status", "awaiting_approval")
+        await expect(cancel).to_be_visible()
+        if phase == "running":
+            assert (await approve(client, job_id)).status_code == 200
+            await expect(status).to_have_attribute("data-status", "running")
+
+        async with page.expect_request(re.compile(r"/cancel$")) as cancel_request:
+            await cancel.click()
+        assert (await cancel_request.value).method == "POST"
+
+        await expect(status).to_have_attribute("data-status", "failed")
+        await expect(status).to_have_text("Failed")
+        await expect(page.locator("#job-error")).to_be_visible()
+        await expect(page.locator("#job-error")).to_contain_text("cancelled")
+        await expect(timeline(page)).to_contain_text("Error: cancelled")
+        await expect(cancel).to_be_hidden()
+        await expect(page.locator("#plan-form")).to_have_count(0)
+        await expect(page.locator("#job-action-problem")).to_be_hidden()
+        view = (await client.get(f"/status/{job_id}")).json()
+        assert view["status"] == "failed"
+        assert view["error"] == "cancelled"
+        recent = page.locator("#recent-jobs a", has_text=QUESTION)
+        await expect(recent).to_contain_text("Failed")
+
+        # A finished job has no Cancel button after a reload either.
+        await page.reload()
+        await expect(status).to_have_attribute("data-status", "failed")
+        await expect(cancel).to_be_hidden()
+
+        assert browser.script_errors == []
+        assert browser.scout_warnings == []
+
+
+async def test_page_cancel_conflict_shows_problem(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    async with run_scout(settings) as scout, scout.client() as client, open_page() as browser:
+        page = browser.page
+        job_id = await submit_question(page, scout.base_url)
+        await expect(page.locator("#job-status")).to_have_attribute(
+            "data-status", "awaiting_approval"
+        )
+
+        # The job finishes elsewhere just before the click reaches the server.
+        async def cancel_elsewhere_first(route: Route) -> None:
+            assert (await client.post(f"/research/{job_id}/cancel")).status_code == 200
+            await route.continue_()
+
+        await page.route(re.compile(r"/cancel$"), cancel_elsewhere_first)
+        await page.get_by_role("button", name="Cancel job").click()
+
+        problem = page.locator("#job-action-problem")
+        await expect(problem).to_be_visible()
+        await expect(problem).to_contain_text("not in a state that allows this")
+        await expect(page.locator("#job-status")).to_have_attribute("data-status", "failed")
 
         assert browser.script_errors == []
         assert browser.scout_warnings == []

@@ -170,6 +170,10 @@ class SqliteStorage:
         assert self._reader is not None, "storage is not open"
         return await self._job(self._reader, job_id)
 
+    async def get_job_by_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
+        assert self._reader is not None, "storage is not open"
+        return await self._job_by_key(self._reader, owner, key)
+
     async def list_jobs(
         self, owner: str, status: str | None, limit: int, before: tuple[float, str] | None
     ) -> list[JobRecord]:

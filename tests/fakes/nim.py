@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible NIM chat-completions server for the real `ChatNVIDIA` client.
 
-A request whose system message mentions "planner" gets the configured plan as JSON, and
-any other request gets the configured report. Both are returned as one chat.completion,
+A request whose system message mentions "planner" gets the configured plan as JSON, a
+guardrail prompt (one that contains GUARD_MARKER) gets `guard_reply`, and any other
+request gets the configured report. Both are returned as one chat.completion,
 or as chat.completion.chunk server-sent events when the request sets `stream: true`.
 """
 
@@ -23,8 +24,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-Role = Literal["planner", "writer"]
+Role = Literal["planner", "writer", "guard"]
 PAUSE_POLL_S = 0.02
+GUARD_MARKER = "Scout guardrail check:"
+"""The first words of every prompt of Scout's rails (graph/guardrails/config/prompts.yml)."""
 
 DEFAULT_PLAN: dict[str, Any] = {
     "steps": [
@@ -46,6 +49,11 @@ DEFAULT_REPORT = (
 )
 
 
+def allow_everything(prompt: str) -> str:
+    """Reply "No" to a guardrail prompt: nothing is rejected or dropped."""
+    return "No"
+
+
 def split_into_tokens(text: str) -> list[str]:
     """Split text into word-sized chunks whose concatenation is the text again."""
     return re.findall(r"\s*\S+\s*", text) or [text]
@@ -58,7 +66,8 @@ class NimRequest:
     body: dict[str, Any]
     """The parsed JSON body: model, messages, stream and sampling parameters."""
     role: Role
-    """"planner" when a system message mentions the planner, otherwise "writer"."""
+    """"planner" when a system message mentions the planner, "guard" for a guardrail
+    prompt, otherwise "writer"."""
     headers: dict[str, str] = field(repr=False)
     """Request headers with lower-case names, Authorization included."""
     received_at: float = 0.0
@@ -86,7 +95,7 @@ class StreamSpan:
     request: NimRequest
     started_at: float
     ended_at: float | None = None
-    """When the last event was sent or the client disconnected; None while the reply streams."""
+    """When the last event was sent or the client disconnected. None while the reply streams."""
     finished: bool = False
     """True once every event, `data: [DONE]` included, was sent."""
 
@@ -112,12 +121,14 @@ class FakeNim:
     A string is returned to every planner request. A list is consumed one reply per
     planner request, after which the plan is returned again.
     """
+    guard_reply: Callable[[str], str] = allow_everything
+    """Reply to a guardrail prompt, computed from the prompt's text: "No" or "Yes: reason"."""
     report_tokens: list[str] = field(default_factory=lambda: split_into_tokens(DEFAULT_REPORT))
     """Content chunks of the writer's reply, streamed one per event."""
     token_delay_s: float = 0.0
     """Pause before each streamed content chunk, in seconds."""
     plan_delay_s: float = 0.0
-    """Pause before answering a planner request, in seconds.
+    """Pause before responding to a planner request, in seconds.
 
     The pause rereads this value, so lowering it also shortens pauses already under way."""
     stall_after_tokens: int | None = None
@@ -138,6 +149,8 @@ class FakeNim:
     """Planner requests that got a 200 response."""
     writer_calls: int = 0
     """Writer requests that got a 200 response."""
+    guard_calls: int = 0
+    """Guardrail requests that got a 200 response."""
     throttled: int = 0
     """Requests rejected with 429 by the rate limit."""
     streams: list[StreamSpan] = field(default_factory=list)
@@ -221,6 +234,9 @@ def make_nim_app(state: FakeNim) -> Starlette:
             await pause(lambda: state.plan_delay_s)
             state.planner_calls += 1
             pieces = [state.next_plan_reply()]
+        elif role == "guard":
+            state.guard_calls += 1
+            pieces = [state.guard_reply(received.text)]
         else:
             state.writer_calls += 1
             pieces = list(state.report_tokens)
@@ -298,6 +314,9 @@ def _role_of(messages: list[Any]) -> Role:
             text = content if isinstance(content, str) else json.dumps(content)
             if "planner" in text.lower():
                 return "planner"
+    for message in messages:
+        if isinstance(message, dict) and GUARD_MARKER in str(message.get("content", "")):
+            return "guard"
     return "writer"
 
 

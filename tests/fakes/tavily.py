@@ -55,7 +55,7 @@ class FakeTavily:
     fail_status: int | None = None
     """HTTP status returned to every search request, such as 500, 429 or 401."""
     delay_s: float = 0.0
-    """Pause before answering each authorized search request, in seconds.
+    """Pause before responding to each authorized search request, in seconds.
 
     The pause rereads this value, so lowering it also shortens pauses already under way."""
 
@@ -63,7 +63,7 @@ class FakeTavily:
     """Every search request with a valid JSON body, failed ones included."""
 
     def take_flaky_failure(self, query: str) -> str | None:
-        """Use up one failure of the first `flaky_queries` key in `query`; return that key."""
+        """Use up one failure of the first `flaky_queries` key in `query` and return that key."""
         lowered = query.lower()
         for key, remaining in self.flaky_queries.items():
             if remaining > 0 and key.lower() in lowered:
