@@ -30,6 +30,8 @@ from app.jobs import JobRecord
 from app.recorder import EventRecorder
 from app.storage import LeaseLost, Storage
 from app.views import RunContent, job_view, source_summary
+from graph.guardrails.rails import GuardrailError
+from graph.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +200,10 @@ class JobRunner:
                 logger.warning("job=%s run failed: a provider call timed out", job_id)
                 error = f"A model or search call timed out (SCOUT_CALL_TIMEOUT_S is {limit:g} s)."
             await self._give_up(recorder, content, error)
+        except (GuardrailError, ProviderError) as exc:
+            # Expected outcomes with a message written for the user: no traceback needed.
+            logger.warning("job=%s stopped: %s", job_id, exc)
+            await self._give_up(recorder, content, str(exc))
         except Exception as exc:
             logger.exception("job=%s run failed", job_id)
             await self._give_up(

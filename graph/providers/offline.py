@@ -44,13 +44,20 @@ class OfflineModel:
         topic = " ".join(keywords(question)[:4]) or _clip(question.strip(), 60)
 
         steps = [
-            PlanStep(goal=_clip(f"Find out: {clause}?", MAX_GOAL_CHARS), queries=_queries_for(clause))
+            PlanStep(
+                goal=_clip(f"Find out: {clause}?", MAX_GOAL_CHARS), queries=_queries_for(clause)
+            )
             for clause in clauses[:3]
         ]
         steps.append(
             PlanStep(
-                goal=_clip(f"Identify limits, failure cases and trade-offs of {topic}.", MAX_GOAL_CHARS),
-                queries=[_clip(f"{topic} limits", MAX_QUERY_CHARS), _clip(f"{topic} failure", MAX_QUERY_CHARS)],
+                goal=_clip(
+                    f"Identify limits, failure cases and trade-offs of {topic}.", MAX_GOAL_CHARS
+                ),
+                queries=[
+                    _clip(f"{topic} limits", MAX_QUERY_CHARS),
+                    _clip(f"{topic} failure", MAX_QUERY_CHARS),
+                ],
             )
         )
         return ResearchPlan(steps=steps)
@@ -116,18 +123,27 @@ def compose_report(question: str, plan: ResearchPlan, sources: Sequence[Source])
     return "".join(parts)
 
 
+def _stem(word: str) -> str:
+    """Strip a common English suffix, so "moves", "moving" and "move" compare equal."""
+    for suffix in ("ing", "es", "ed", "s", "e"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
 def _best_sentences(
     step: PlanStep, question: str, step_sources: Sequence[Source], used: set[str]
 ) -> list[tuple[str, int]]:
-    wanted = set(keywords(" ".join([step.goal, question, *step.queries])))
+    wanted = {_stem(word) for word in keywords(" ".join([step.goal, question, *step.queries]))}
     scored: list[tuple[int, int, str, int]] = []
     for rank, source in enumerate(step_sources):
         for sentence in sentences(source["content"]):
             if sentence in used or len(sentence) < 30:
                 continue
-            overlap = len(wanted.intersection(keywords(sentence)))
-            if overlap:
-                scored.append((-overlap, rank, sentence, source["id"]))
+            overlap = len(wanted.intersection(_stem(word) for word in keywords(sentence)))
+            # The search ranked these sources for the step's queries, so a sentence with no
+            # shared word still qualifies, after every sentence that shares one.
+            scored.append((-overlap, rank, sentence, source["id"]))
 
     scored.sort(key=lambda item: (item[0], item[1]))
     picked = [(sentence, source_id) for _, _, sentence, source_id in scored[:SENTENCES_PER_STEP]]
