@@ -16,10 +16,12 @@ GuardrailUnavailable, which stops the job instead of letting unchecked text thro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,8 @@ REPORT_RAIL = Rail(
 RAILS = (QUESTION_RAIL, SOURCE_RAIL, REPORT_RAIL)
 
 
+VERDICT_CACHE_SIZE = 20_000
+
 class GuardrailError(Exception):
     """A rail stopped the job; the message is shown as the job's error."""
 
@@ -127,6 +131,7 @@ class Guardrails:
         self.retry_after = retry_after
         self._rails: dict[str, Any] | None = None
         self._build_lock = threading.Lock()
+        self._verdicts: OrderedDict[tuple[str, bytes], Verdict] = OrderedDict()
 
     async def warm_up(self) -> None:
         """Build the rails now, so that the first job does not wait for the import."""
@@ -177,6 +182,21 @@ class Guardrails:
         For the output rail, `text` is the report and `request` the user message that the
         prompt shows beside it. A rail missing from the config allows everything.
         """
+        # A verdict depends only on the rail, its model and the text, so text that several
+        # jobs gather (the same page, the same corpus section) is checked once per process.
+        key = (rail.key, hashlib.sha256(f"{request}\0{text}".encode()).digest())
+        cached = self._verdicts.get(key)
+        if cached is not None:
+            self._verdicts.move_to_end(key)
+            return cached
+
+        verdict = await self._run_rail(rail, text, request)
+        self._verdicts[key] = verdict
+        if len(self._verdicts) > VERDICT_CACHE_SIZE:
+            self._verdicts.popitem(last=False)
+        return verdict
+
+    async def _run_rail(self, rail: Rail, text: str, request: str) -> Verdict:
         rails = await self._built()
         llm_rails = rails.get(rail.key)
         if llm_rails is None:
