@@ -70,14 +70,17 @@ class Channel:
             return None
         return self._events[cursor + 1 - self.first_id :]
 
-    async def wait(self, max_wait_s: float) -> None:
-        """Wait until the next publish or close, or until `max_wait_s` seconds pass."""
+    async def wait(self) -> None:
+        """Wait until the next publish or close.
+
+        Every waiter awaits one shared future through its own shield, so cancelling one
+        subscriber (a client disconnect) leaves the others waiting.
+        """
         if self.closed:
             return
         if self._changed is None or self._changed.done():
             self._changed = asyncio.get_running_loop().create_future()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._changed), max_wait_s)
+        await asyncio.shield(self._changed)
 
     def close(self) -> None:
         self.closed = True

@@ -15,9 +15,8 @@ logger = logging.getLogger(__name__)
 
 REPLAY_BATCH = 500
 RETRY_MS = 2000
-WAIT_S = 30.0
-LINGER_PER_SUBSCRIBER_S = 0.0001
-MAX_LINGER_S = 0.1
+LINGER_PER_SUBSCRIBER_S = 0.0002
+MAX_LINGER_S = 0.2
 
 
 def linger_s(subscribers: int) -> float:
@@ -25,8 +24,8 @@ def linger_s(subscribers: int) -> float:
 
     Each write to a subscriber costs the event loop time that the job's own run then
     waits for. Growing the wait with the subscriber count caps the writes per second
-    of one job near 1 / LINGER_PER_SUBSCRIBER_S, whatever the fan-out: 0.1 ms for one
-    subscriber, 100 ms for a thousand.
+    of one job near 1 / LINGER_PER_SUBSCRIBER_S, whatever the fan-out: 0.2 ms for one
+    subscriber, 200 ms for a thousand.
     """
     return min(MAX_LINGER_S, subscribers * LINGER_PER_SUBSCRIBER_S)
 
@@ -77,5 +76,5 @@ async def job_events(storage: Storage, hub: Hub, job_id: str, cursor: int) -> As
             if channel.closed:
                 yield reconnect_frame(cursor, "server shutting down")
                 return
-            await channel.wait(WAIT_S)
+            await channel.wait()
             await asyncio.sleep(linger_s(channel.subscribers))

@@ -105,6 +105,12 @@ async def main() -> None:
         "--counts", default="0,10,100,1000", help="subscriber counts, comma-separated"
     )
     parser.add_argument("--tokens", type=int, default=3000, help="report tokens per job")
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="pause between report tokens, as a model's token rate would (default 0: as fast as possible)",
+    )
     parser.add_argument("--out", help="also write the results as JSON to this file")
     args = parser.parse_args()
 
@@ -117,6 +123,7 @@ async def main() -> None:
         "SCOUT_SEARCH": "local",
         "SCOUT_OFFLINE_REPORT_TOKENS": str(args.tokens),
         "SCOUT_LOG_LEVEL": "WARNING",
+        "SCOUT_OFFLINE_TOKEN_DELAY_MS": str(args.delay_ms),
     }
     command = [
         sys.executable,
@@ -151,7 +158,8 @@ async def main() -> None:
             f"  {row['rss_mib_idle_subscribed']:>12}  {row['rss_mib_peak']:>12}"
         )
     if args.out:
-        Path(args.out).write_text(json.dumps({"tokens": args.tokens, "rows": rows}, indent=1))
+        result = {"tokens": args.tokens, "delay_ms": args.delay_ms, "rows": rows}
+        Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
