@@ -123,7 +123,13 @@ async def _show(
         _print_plan(data["plan"], edited=data.get("edited", False))
     elif name == "source":
         _note(f"  source [{data['id']}] {data['title']} ({data['url']})")
+    elif name == "source_dropped":
+        _note(f"  dropped {data['url']}: {data['reason']}")
     elif name == "token":
+        if data.get("reset"):
+            # A resumed run writes the report again from its start; the text above is stale.
+            sys.stdout.write("\n")
+            _note("report restarted after a resumed run; the text below replaces the text above")
         sys.stdout.write(data["text"])
         sys.stdout.flush()
     elif name == "report":

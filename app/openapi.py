@@ -28,6 +28,14 @@ class SourceSummary(BaseModel):
     excerpt: str = Field(description="The start of the text the report relies on.")
 
 
+class DroppedSource(BaseModel):
+    """A search result that the source rail kept from the writer."""
+
+    url: str
+    title: str
+    reason: str = Field(description="Why the source rail dropped it.")
+
+
 class Timings(BaseModel):
     """Seconds spent in each phase; null until the phase ends."""
 
@@ -57,6 +65,9 @@ class JobView(BaseModel):
     plan: ResearchPlan | None
     plan_edited: bool
     sources: list[SourceSummary]
+    dropped_sources: list[DroppedSource] = Field(
+        description="Search results that the source rail dropped, in the order found."
+    )
     report: str | None = Field(description="The report, once the job is done or partial.")
     citations: list[int] = Field(description="Source ids the report cites, in order.")
     error: str | None
@@ -182,7 +193,10 @@ def openapi_document() -> dict[str, Any]:
         schemas[model.__name__] = schema
 
     stream = {
-        "description": "Server-Sent Events: status, plan, source, token, report, error, end, reconnect.",
+        "description": (
+            "Server-Sent Events: status, plan, source, source_dropped, token, report, error, "
+            "end, reconnect."
+        ),
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
     paths = {

@@ -12,7 +12,7 @@
   const MAX_QUERY_CHARS = 300;
 
   const TERMINAL_STATUSES = new Set(["done", "partial", "failed"]);
-  const STREAM_EVENTS = ["status", "plan", "source", "token", "report", "error", "end"];
+  const STREAM_EVENTS = ["status", "plan", "source", "source_dropped", "token", "report", "error", "end"];
   const POLL_INTERVAL_MS = 1000;
   // Consecutive stream errors with no successful connection in between before the page polls.
   const MAX_STREAM_FAILURES = 3;
@@ -49,6 +49,8 @@
     reportEmpty: $("report-empty"),
     sourcesSection: $("sources-section"),
     sources: $("sources"),
+    droppedSection: $("dropped-section"),
+    droppedSources: $("dropped-sources"),
     timeline: $("timeline"),
     recentRefresh: $("recent-refresh"),
     recentMessage: $("recent-message"),
@@ -614,6 +616,39 @@
     );
   }
 
+  /** Add search results that the source rail dropped, skipping urls already listed. Return whether any was new. */
+  function mergeDroppedSources(job, dropped) {
+    let added = false;
+    for (const item of dropped ?? []) {
+      if (!item || typeof item.url !== "string" || job.droppedSources.has(item.url)) continue;
+      job.droppedSources.set(item.url, item);
+      added = true;
+    }
+    if (added && job === session) renderDroppedSources(job);
+    return added;
+  }
+
+  /** List the dropped results as plain text without links, because the rail flagged their pages. */
+  function renderDroppedSources(job) {
+    const dropped = [...job.droppedSources.values()];
+    ui.droppedSection.hidden = dropped.length === 0;
+    ui.droppedSources.replaceChildren(
+      ...dropped.map((item) =>
+        el(
+          "li",
+          {},
+          el("p", { className: "source-title" }, String(item.title || item.url)),
+          el("p", { className: "source-meta" }, item.url),
+          el("p", { className: "dropped-reason" }, `Reason: ${String(item.reason ?? "not given")}`),
+        ),
+      ),
+    );
+  }
+
+  function droppedTimelineText(item) {
+    return `Source dropped by the source rail: ${item.title || item.url} (${item.reason ?? "no reason given"})`;
+  }
+
   // ---------------------------------------------------------------------------
   // Plan: read-only view, and the review form while the job awaits approval
 
@@ -909,6 +944,7 @@
     }
     if (view.error) job.error = view.error;
     mergeSources(job, view.sources);
+    mergeDroppedSources(job, view.dropped_sources);
     if (TERMINAL_STATUSES.has(view.status) && typeof view.report === "string" && !job.report) {
       job.report = view.report;
       job.reportFinal = true;
@@ -942,10 +978,19 @@
         addTimeline(job, `Source ${data.id} gathered: ${data.title || data.url}`, { kind: "source" });
         mergeSources(job, [data]);
         break;
+      case "source_dropped":
+        if (mergeDroppedSources(job, [data])) addTimeline(job, droppedTimelineText(data), { kind: "warn" });
+        break;
       case "token":
         if (!job.writingNoted) {
           job.writingNoted = true;
           addTimeline(job, "Writing the report");
+        }
+        if (data.reset === true) {
+          // A resumed run writes the report again from its start, so the text so far is stale.
+          job.report = "";
+          job.reportFinal = false;
+          addTimeline(job, "Report restarted after the job resumed", { kind: "warn" });
         }
         job.report += String(data.text ?? "");
         scheduleReportRender();
@@ -986,6 +1031,9 @@
       if (!job.sources.has(source.id)) {
         addTimeline(job, `Source ${source.id} gathered: ${source.title || source.url}`, { kind: "source" });
       }
+    }
+    for (const item of view.dropped_sources ?? []) {
+      if (item && !job.droppedSources.has(item.url)) addTimeline(job, droppedTimelineText(item), { kind: "warn" });
     }
     if (view.error && view.error !== job.error) addTimeline(job, `Error: ${view.error}`, { kind: "error" });
     if (typeof view.report === "string" && view.report !== job.report) {
@@ -1168,6 +1216,8 @@
       decisionSent: false,
       sources: new Map(),
       sourcesVersion: 0,
+      // Dropped search results by url, in the order they arrived.
+      droppedSources: new Map(),
       report: "",
       reportFinal: false,
       renderedBlocks: [],
@@ -1214,6 +1264,8 @@
     ui.reportEmpty.textContent = "The report appears here while Scout writes it.";
     ui.sourcesSection.hidden = true;
     ui.sources.replaceChildren();
+    ui.droppedSection.hidden = true;
+    ui.droppedSources.replaceChildren();
     ui.timeline.replaceChildren();
   }
 

@@ -6,6 +6,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from app.client import _show
 from tests.conftest import make_settings, run_scout
 from tests.helpers import wait_for_status
 
@@ -121,3 +122,22 @@ async def test_loadtest_sends_api_key(tmp_path: Path):
 
     assert code == 0, stdout + stderr
     assert "completed        2/2" in stdout
+
+
+async def test_follow_prints_dropped_and_reset(capsys):
+    events = [
+        ("token", {"text": "Stale text"}),
+        (
+            "source_dropped",
+            {"url": "https://example.com/x", "title": "X", "reason": "it instructs the agent"},
+        ),
+        ("token", {"text": "Fresh text", "reset": True}),
+    ]
+
+    for name, data in events:
+        await _show(None, "job-1", name, data, True, "running")  # type: ignore[arg-type]
+
+    printed = capsys.readouterr()
+    assert printed.out == "Stale text\nFresh text"
+    assert "  dropped https://example.com/x: it instructs the agent\n" in printed.err
+    assert "report restarted" in printed.err

@@ -16,7 +16,10 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from app.openapi import openapi_document
+from app.jobs import JobRecord
+from app.openapi import JobView, openapi_document
+from app.views import RunContent, job_view
+from graph.state import DroppedSource
 
 REPO = Path(__file__).resolve().parent.parent
 SERVE = [sys.executable, "-c", "from app.cli import main; raise SystemExit(main())", "serve"]
@@ -98,3 +101,30 @@ def test_openapi_request_schemas_match_models() -> None:
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_openapi(case: schemathesis.Case, live_url: str) -> None:
     case.call_and_validate(base_url=live_url, excluded_checks=[positive_data_acceptance])
+
+
+def test_openapi_job_view_matches_view_keys() -> None:
+    record = JobRecord(
+        id="job-1",
+        status="done",
+        question="How do glaciers move?",
+        error=None,
+        idempotency_key=None,
+        request_hash=None,
+        model="offline",
+        search="local",
+        created_at=1.0,
+        updated_at=2.0,
+        planned_at=None,
+        approved_at=None,
+        finished_at=None,
+        decision=None,
+        last_event_id=0,
+        version=0,
+    )
+    dropped = DroppedSource(url="https://example.com", title="Example", reason="instructions")
+
+    view = job_view(record, RunContent(dropped_sources=[dropped]))
+
+    assert set(view) == set(JobView.model_fields)
+    assert JobView.model_validate(view).dropped_sources[0].reason == "instructions"
