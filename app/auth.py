@@ -15,10 +15,10 @@ import time
 from collections import defaultdict, deque
 from urllib.parse import parse_qs
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import FieldError, ScoutError
+from app.problems import send_problem
 
 logger = logging.getLogger(__name__)
 
@@ -133,26 +133,18 @@ def _token(scope: Scope) -> str:
 
 
 async def _unauthorized(scope: Scope, send: Send) -> None:
-    body = orjson.dumps(
-        {
-            "type": "urn:scout:problem:unauthorized",
-            "title": "Unauthorized",
-            "status": 401,
-            "detail": "This route needs an API key.",
-            "instance": scope["path"],
-            "errors": [
-                {
-                    "field": "header.Authorization",
-                    "message": "Send Authorization: Bearer <key>, or ?access_token=<key> "
-                    "on the event stream.",
-                }
-            ],
-        }
+    await send_problem(
+        scope,
+        send,
+        401,
+        "Unauthorized",
+        "This route needs an API key.",
+        "unauthorized",
+        [
+            FieldError(
+                "header.Authorization",
+                "Send Authorization: Bearer <key>, or ?access_token=<key> on the event stream.",
+            )
+        ],
+        [(b"www-authenticate", b'Bearer realm="scout"')],
     )
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", b'Bearer realm="scout"'),
-    ]
-    await send({"type": "http.response.start", "status": 401, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

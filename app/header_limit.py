@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import FieldError
+from app.problems import send_problem
 
 logger = logging.getLogger(__name__)
 
@@ -34,20 +36,13 @@ class HeaderLimitMiddleware:
 
 
 async def _reject(scope: Scope, send: Send, size: int, limit: int) -> None:
-    body = orjson.dumps(
-        {
-            "type": "urn:scout:problem:headers-too-large",
-            "title": "Request header fields too large",
-            "status": 431,
-            "detail": f"The request headers take {size} bytes; the limit is {limit}.",
-            "instance": scope["path"],
-            "errors": [{"field": "header", "message": f"Send at most {limit} bytes of headers."}],
-        }
+    await send_problem(
+        scope,
+        send,
+        431,
+        "Request header fields too large",
+        f"The request headers take {size} bytes; the limit is {limit}.",
+        "headers-too-large",
+        [FieldError("header", f"Send at most {limit} bytes of headers.")],
+        [(b"connection", b"close")],
     )
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": 431, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope, Send
 
 from app.errors import FieldError, InvalidRequest, PayloadTooLarge, ScoutError, UnsupportedMediaType
 
@@ -40,6 +41,36 @@ def problem_response(
     return Response(
         orjson.dumps(body), status, headers=headers, media_type="application/problem+json"
     )
+
+
+async def send_problem(
+    scope: Scope,
+    send: Send,
+    status: int,
+    title: str,
+    detail: str,
+    type_suffix: str,
+    errors: list[FieldError],
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Send a problem response from pure ASGI middleware, which runs outside the routes."""
+    body = orjson.dumps(
+        {
+            "type": PROBLEM_TYPE_BASE + type_suffix,
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "instance": scope["path"],
+            "errors": [{"field": e.field, "message": e.message} for e in errors],
+        }
+    )
+    raw_headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def scout_error_handler(request: Request, exc: Exception) -> Response:
