@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 class HeaderLimitMiddleware:
-    """Answers 431 with a problem document when the request's headers exceed `max_bytes`."""
+    """Rejects a request with 431 and a problem document when the request's headers exceed `max_bytes`."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app

@@ -114,7 +114,7 @@ async def _run_job(
 
 
 class RequestFailed(Exception):
-    """The server answered a load test request with an error status."""
+    """The server returned an error status to a load test request."""
 
 
 async def _request(

@@ -82,7 +82,7 @@ class CreatedLinks(BaseModel):
 
 
 class JobCreated(BaseModel):
-    """The answer to POST /research."""
+    """The 202 body of POST /research."""
 
     job_id: str
     status: JobStatusName

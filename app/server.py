@@ -18,7 +18,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class ScoutServer(uvicorn.Server):
-    """A uvicorn server that tells the service to end its event streams before draining.
+    """A uvicorn server that ends the service's event streams before it drains connections.
 
     uvicorn waits for open responses before it runs the lifespan shutdown, and an event
     stream stays open until its job ends, so the streams must be told first.

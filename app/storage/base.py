@@ -1,4 +1,4 @@
-"""What the service needs from a storage backend; SQLite implements it today."""
+"""The storage interface of the service; SQLite implements it today."""
 
 from __future__ import annotations
 

@@ -282,7 +282,7 @@ class SqliteStorage:
         ]
 
     async def claim(self, job_id: str, owner: str, ttl_s: float) -> bool:
-        """Take the lease of an unfinished job that nobody holds, or whose holder let it expire."""
+        """Take the lease of an unfinished job that is free, or whose holder let it expire."""
         now = time.time()
         async with self._transaction() as db:
             cursor = await db.execute(
