@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 class HeaderLimitMiddleware:
-    """Rejects a request with 431 and a problem document when the request's headers exceed `max_bytes`."""
+    """Rejects a request whose headers exceed `max_bytes` with 431 and a problem document."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
