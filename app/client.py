@@ -47,6 +47,8 @@ async def run_research(args: argparse.Namespace) -> int:
         except TimeoutError:
             _note(f"scout: the job did not finish within {args.timeout:.0f} s")
             return 1
+    if status == "awaiting_approval" and not args.approve:
+        return 0  # stopped at the review step, as asked
     return 0 if status == "done" else 1
 
 

@@ -64,7 +64,10 @@ class IllegalTransition(ScoutError):
     type_suffix = "illegal-transition"
 
     def __init__(self, job_id: str, current: str | None, action: str) -> None:
-        super().__init__(f"Job {job_id!r} is {current!r}, so it cannot {action}.")
+        super().__init__(
+            f"Job {job_id!r} is {current!r}, so it cannot {action}.",
+            [FieldError("path.job_id", f"Read GET /status/{job_id} for the job's current status.")],
+        )
         self.job_id = job_id
         self.current = current
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -129,11 +129,12 @@ async def read_json_model(request: Request, model: type[ModelT], max_bytes: int)
         return model.model_validate(data)
     except ValidationError as exc:
         errors = [
-            FieldError(_location(error["loc"]), error["msg"])
+            FieldError(_location(error["loc"]), _explain(error))
             for error in exc.errors(include_url=False)
         ]
         first = errors[0]
-        raise InvalidRequest(f"Invalid {first.field}: {first.message}.", errors) from None
+        detail = f"Invalid {first.field}: {first.message.rstrip('.')}."
+        raise InvalidRequest(detail, errors) from None
 
 
 async def _read_body(request: Request, max_bytes: int) -> bytes:
@@ -152,6 +153,39 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# Pydantic's messages name its own types; these say what to send instead.
+FIXES = {
+    "missing": "This field is required; add it.",
+    "extra_forbidden": "This field is not part of the request; remove it or check its spelling.",
+    "string_type": "Send a JSON string.",
+    "bool_type": "Send true or false.",
+    "bool_parsing": "Send true or false.",
+    "model_type": "Send a JSON object.",
+    "model_attributes_type": "Send a JSON object.",
+    "dict_type": "Send a JSON object.",
+    "list_type": "Send a JSON array.",
+    "string_too_short": "Send at least one character that is not a space.",
+}
+
+
+def _explain(error: Any) -> str:
+    """Return a message for one validation error that says what to send."""
+    kind = error["type"]
+    context = error.get("ctx") or {}
+    if kind == "too_short":
+        return f"Send at least {context.get('min_length', 1)} item(s)."
+    if kind == "too_long":
+        return f"Send at most {context.get('max_length')} item(s)."
+    if kind == "string_too_long":
+        return f"Send at most {context.get('max_length')} characters."
+    if kind in FIXES:
+        return FIXES[kind]
+    if kind == "value_error" and "error" in context:
+        text = str(context["error"])
+        return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+    return str(error["msg"])
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

@@ -58,6 +58,15 @@ async def job_events(storage: Storage, hub: Hub, job_id: str, cursor: int) -> As
             if len(stored) < REPLAY_BATCH:
                 break
 
+        # A finished job stores nothing more, so a client that resumes after its `end`
+        # event (a browser's EventSource reconnects by itself) gets a closed stream.
+        record = await storage.get_job(job_id)
+        if record is not None and record.terminal:
+            remaining = await storage.read_events(job_id, cursor, REPLAY_BATCH)
+            if remaining:
+                yield b"".join(event.frame for event in remaining)
+            return
+
         # Follow the channel; each wake-up sends everything published since the last one.
         while True:
             events = channel.since(cursor)

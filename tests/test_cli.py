@@ -84,7 +84,7 @@ async def test_research_without_approve_waits(scout, client):
     )
 
     view = await only_job(client)
-    assert code == 1
+    assert code == 0
     assert stdout == ""
     assert "awaits approval" in stderr
     assert f"curl -X POST {scout.base_url}/research/{view['job_id']}/approve" in stderr

@@ -376,6 +376,22 @@ async def test_stream_finished_job_replays_history(tmp_path):
     assert event_ids(replay.events) == list(range(1, len(replay.events) + 1))
 
 
+async def test_stream_resumed_after_end_closes(tmp_path):
+    async with live_client(tmp_path) as client:
+        job_id = await planned_job(client)
+        (live,) = await subscribe_and_run(client, job_id)
+        await wait_for_status(client, job_id, TERMINAL)
+        last_id = str(live.events[-1].id)
+        async with asyncio.timeout(5):
+            at_end = await read_stream(client, job_id, last_event_id=last_id)
+            beyond = await read_stream(client, job_id, last_event_id="99999")
+            before_end = await read_stream(client, job_id, last_event_id=str(int(last_id) - 1))
+
+    assert at_end.events == []
+    assert beyond.events == []
+    assert [event.name for event in before_end.events] == ["end"]
+
+
 async def test_stream_fifty_subscribers_identical(tmp_path):
     async with live_client(tmp_path) as client:
         job_id = await planned_job(client)
