@@ -62,7 +62,6 @@ class Service:
         self._views: OrderedDict[str, CachedView] = OrderedDict()
         self._submissions = SubmissionLimiter(settings.submit_rate_per_min)
         self._exit_stack = AsyncExitStack()
-        self.started_at = time.time()
 
     async def start(self) -> None:
         """Open storage and the checkpointer, compile the graph and resume unfinished jobs."""

@@ -71,8 +71,6 @@ class Storage(Protocol):
 
     async def count_unfinished(self, owner: str) -> int: ...
 
-    async def jobs_with_status(self, statuses: Iterable[str]) -> list[JobRecord]: ...
-
     async def compare_and_set(
         self,
         job_id: str,

@@ -204,16 +204,6 @@ class SqliteStorage:
         row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    async def jobs_with_status(self, statuses: Iterable[str]) -> list[JobRecord]:
-        assert self._reader is not None, "storage is not open"
-        wanted = list(statuses)
-        marks = ", ".join("?" for _ in wanted)
-        cursor = await self._reader.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY created_at",
-            wanted,
-        )
-        return [_record(row) for row in await cursor.fetchall()]
-
     async def compare_and_set(
         self,
         job_id: str,
