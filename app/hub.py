@@ -2,7 +2,7 @@
 
 Each job with subscribers or a local run has a Channel: a bounded, contiguous window of
 its most recent stored events. Publishing appends to the window and resolves one shared
-future, so it costs the same with one subscriber or a thousand; each subscriber keeps
+future, so it costs the same with one subscriber or a thousand. Each subscriber keeps
 only a cursor and copies what it has not sent yet. Nothing here waits for a subscriber.
 
 Only stored events are published, so the database is always a superset of a window and

@@ -155,7 +155,7 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-# Pydantic's messages name its own types; these say what to send instead.
+# Pydantic's messages name its own types, so these messages name what to send instead.
 FIXES = {
     "missing": "This field is required; add it.",
     "extra_forbidden": "This field is not part of the request; remove it or check its spelling.",
@@ -171,7 +171,7 @@ FIXES = {
 
 
 def _explain(error: Any) -> str:
-    """Return a message for one validation error that says what to send."""
+    """Return the message of one validation error, naming what to send."""
     kind = error["type"]
     context = error.get("ctx") or {}
     if kind == "too_short":

@@ -21,7 +21,7 @@ class ScoutServer(uvicorn.Server):
     """A uvicorn server that ends the service's event streams before it drains connections.
 
     uvicorn waits for open responses before it runs the lifespan shutdown, and an event
-    stream stays open until its job ends, so the streams must be told first.
+    stream stays open until its job ends, so the streams must be ended first.
     """
 
     def __init__(self, config: uvicorn.Config, service: Service) -> None:

@@ -30,7 +30,7 @@ class Nodes:
     """Binds the node functions to one research model and one search provider.
 
     Each search call is limited to `call_timeout_s` and retried on 429, 5xx and
-    network errors as `search_policy` says. With `guardrails`, the question, each new
+    network errors under `search_policy`. With `guardrails`, the question, each new
     search result and the report pass its rails. Without it, nothing is checked.
     """
 

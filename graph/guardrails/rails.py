@@ -81,6 +81,7 @@ RAILS = (QUESTION_RAIL, SOURCE_RAIL, REPORT_RAIL)
 
 VERDICT_CACHE_SIZE = 20_000
 
+
 class GuardrailError(Exception):
     """A rail stopped the job; the message is shown as the job's error."""
 

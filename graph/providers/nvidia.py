@@ -54,7 +54,7 @@ class NvidiaModel:
     """Plans with a JSON reply and writes by streaming; any OpenAI-compatible NIM endpoint works.
 
     Every call passes the shared pacer, is limited to `call_timeout_s`, and is retried on
-    429, 5xx and network errors as `policy` says.
+    429, 5xx and network errors under `policy`.
     """
 
     offline = False
@@ -90,7 +90,7 @@ class NvidiaModel:
             max_completion_tokens=2048,
             timeout=timeout_s,
             rate_limiter=pacer(requests_per_minute),
-            # The client reports aggregate usage to NVIDIA unless told not to.
+            # The client sends aggregate usage reports to NVIDIA unless this is False.
             usage_telemetry_enabled=False,
         )
         return cls(chat, policy or RetryPolicy(), timeout_s)
@@ -133,7 +133,7 @@ class NvidiaModel:
         if first:
             yield first
         # NOTE: a failure after the first token is not retried, because the text already
-        # sent cannot be taken back; the job then ends `partial` with that text.
+        # sent cannot be taken back. The job then ends `partial` with that text.
         while True:
             try:
                 async with asyncio.timeout(self.call_timeout_s):

@@ -37,7 +37,7 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """What a failed call means: whether to retry it, and any wait the server asked for."""
+    """The verdict on a failed call: whether to retry it, and any wait the server requested."""
 
     transient: bool
     rate_limited: bool = False
