@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
+from app.cli import auth_headers
+
 TERMINAL = {"done", "partial", "failed"}
 POLL_S = 0.1
 QUESTIONS = (
@@ -71,7 +73,7 @@ async def run_load(
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency * 2)
     started = time.perf_counter()
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
     async with httpx.AsyncClient(
         base_url=base_url, timeout=30.0, limits=limits, headers=headers
     ) as client:

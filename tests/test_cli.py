@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 from app.client import _show
 from tests.conftest import make_settings, run_scout
-from tests.helpers import wait_for_status
+from tests.helpers import PROJECT_DIR, SCOUT_COMMAND, run_command, wait_for_status
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 30.0
 QUESTION = "How does a Fresnel lens focus a lighthouse beam?"
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
-    """Run `scout` with `args` in a child process and return its exit code, stdout and stderr.
-
-    The server runs on this test's event loop, so the child must be awaited, not run
-    with the blocking subprocess.run.
-    """
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from app.cli import main; raise SystemExit(main())",
-        *args,
-        cwd=PROJECT_DIR,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(CLI_TIMEOUT_S):
-            stdout, stderr = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    return process.returncode, stdout.decode(), stderr.decode()
+    """Run `scout ARGS` in a child process and return its exit code, stdout and stderr."""
+    return await run_command(*SCOUT_COMMAND, *args, timeout_s=CLI_TIMEOUT_S)
 
 
 async def only_job(client) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -11,8 +10,8 @@ import pytest
 
 from app.config import ConfigError, Settings
 from tests.conftest import CORPUS_DIR
+from tests.helpers import run_command
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 SERVE_TIMEOUT_S = 30.0
 KEYS = {"NVIDIA_API_KEY": "nvapi-test", "TAVILY_API_KEY": "tvly-test"}
 
@@ -98,24 +97,9 @@ async def test_serve_without_key_exits_nonzero(tmp_path: Path):
         SCOUT_PORT="0",
     )
 
-    process = await asyncio.create_subprocess_exec(
-        uv,
-        "run",
-        "--no-sync",
-        "scout",
-        "serve",
-        cwd=PROJECT_DIR,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    code, _, stderr = await run_command(
+        uv, "run", "--no-sync", "scout", "serve", timeout_s=SERVE_TIMEOUT_S, env=env
     )
-    try:
-        async with asyncio.timeout(SERVE_TIMEOUT_S):
-            _, stderr = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
-    assert process.returncode != 0
-    assert "NVIDIA_API_KEY" in stderr.decode()
+    assert code != 0
+    assert "NVIDIA_API_KEY" in stderr

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import socket
-import sys
 from pathlib import Path
 
 from app.config import Settings
 from tests.conftest import make_settings, run_scout
+from tests.helpers import SCOUT_COMMAND, run_command
 
 REPO_DIR = Path(__file__).resolve().parent.parent
-CLI_CODE = "from app.cli import main; raise SystemExit(main())"
 LOADTEST_TIMEOUT_S = 60.0
 JOBS = 3
 JOB_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -34,26 +32,9 @@ async def run_loadtest(*args: str) -> tuple[int, str, str]:
         for name, value in os.environ.items()
         if not name.startswith(("SCOUT_", "NVIDIA_", "TAVILY_"))
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        CLI_CODE,
-        "loadtest",
-        *args,
-        cwd=REPO_DIR,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await run_command(
+        *SCOUT_COMMAND, "loadtest", *args, timeout_s=LOADTEST_TIMEOUT_S, env=env
     )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), LOADTEST_TIMEOUT_S)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 def scout_settings(tmp_path: Path) -> Settings:
