@@ -1,7 +1,7 @@
 """The OpenAPI document, built from the pydantic models that validate requests.
 
-Response models here describe what the routes return; the request models are the ones
-in app/schemas.py that the routes validate with, so the document cannot drift from them.
+The response models here describe what the routes return. The request models are the
+ones in app/schemas.py that the routes validate with, so the document cannot drift from them.
 """
 
 from __future__ import annotations

@@ -378,9 +378,9 @@ class JobRunner:
                 logger.exception("lease maintenance failed; retrying in %.1f s", interval)
 
     async def _renew_leases(self) -> None:
-        held = list(self._claimed)
-        renewed = await self.storage.renew(held, self.owner, self.settings.lease_ttl_s)
-        for job_id in set(held) - renewed:
+        leased = list(self._claimed)
+        renewed = await self.storage.renew(leased, self.owner, self.settings.lease_ttl_s)
+        for job_id in set(leased) - renewed:
             task = self._tasks.get(job_id)
             record = await self.storage.get_job(job_id)
             if task is not None and record is not None and record.status in ("pending", "running"):

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Does a job slow down as subscribers join? Research time and server memory per subscriber count.
 
-Starts `scout serve` (offline, a fixed report length) on a free 127.0.0.1 port, then for
-each subscriber count: submits a job, opens that many event streams while the job awaits
-approval, approves it, and records the job's own research time (from GET /status), the
-time until every subscriber has read `end`, and the server's resident memory. All load
-goes to 127.0.0.1, is bounded, and the server is stopped by its PID.
+Starts `scout serve` (offline, a fixed report length) on a free 127.0.0.1 port. For each
+subscriber count it submits a job, opens that many event streams while the job awaits
+approval, and approves it. It records the job's own research time (from GET /status),
+the time until every subscriber has read `end`, and the server's resident memory. All
+load goes to 127.0.0.1 and is bounded, and the server is stopped by its PID.
 
     uv run python bench/subscribers.py --counts 0,10,100,1000 --tokens 3000
 """
@@ -109,7 +109,7 @@ async def main() -> None:
         "--delay-ms",
         type=float,
         default=0.0,
-        help="pause between report tokens, as a model's token rate would (default 0: as fast as possible)",
+        help="milliseconds between report tokens, to imitate a model's pace (default 0: no pause)",
     )
     parser.add_argument("--out", help="also write the results as JSON to this file")
     args = parser.parse_args()
@@ -149,14 +149,18 @@ async def main() -> None:
         server.terminate()
         server.wait(30)
 
-    print(
-        f"{'subscribers':>11}  {'research s':>10}  {'all done s':>10}  {'RSS idle MiB':>12}  {'RSS peak MiB':>12}"
-    )
+    header = ("subscribers", "research s", "all done s", "RSS idle MiB", "RSS peak MiB")
+    widths = (11, 10, 10, 12, 12)
+    print("  ".join(f"{name:>{width}}" for name, width in zip(header, widths, strict=True)))
     for row in rows:
-        print(
-            f"{row['subscribers']:>11}  {row['research_s']:>10}  {row['all_subscribers_done_s']:>10}"
-            f"  {row['rss_mib_idle_subscribed']:>12}  {row['rss_mib_peak']:>12}"
+        values = (
+            row["subscribers"],
+            row["research_s"],
+            row["all_subscribers_done_s"],
+            row["rss_mib_idle_subscribed"],
+            row["rss_mib_peak"],
         )
+        print("  ".join(f"{value:>{width}}" for value, width in zip(values, widths, strict=True)))
     if args.out:
         result = {"tokens": args.tokens, "delay_ms": args.delay_ms, "rows": rows}
         Path(args.out).write_text(json.dumps(result, indent=1))

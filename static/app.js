@@ -280,10 +280,10 @@
   }
 
   /**
-   * fetch() with the API key. On 401 it asks for a key, once for all requests waiting at
-   * that moment, and sends the request again with it. It returns the 401 response when
-   * the user closes the dialog without a key. `interactive` marks a request that the user
-   * started, which asks for the key even after the user closed the dialog once.
+   * fetch() with the API key. On 401 it opens the key dialog, once for all requests waiting
+   * at that moment, and sends the request again with the key entered. It returns the 401
+   * response when the user closes the dialog without a key. `interactive` marks a request
+   * that the user started, which opens the dialog even after the user closed it once.
    */
   async function apiFetch(url, options = {}, { interactive = false } = {}) {
     if (interactive) auth.dismissed = false;
@@ -315,7 +315,9 @@
     if (session) openJob(session.jobId);
   }
 
-  /** Drop the key and everything the page loaded with it; the next request asks again. */
+  /**
+   * Drop the key and what the page loaded with it, so the next request opens the key dialog.
+   */
   function forgetKey() {
     storeKey("");
     auth.dismissed = false;
@@ -1142,7 +1144,7 @@
    * Choose between a new stream and polling after the stream failed for good.
    *
    * EventSource does not expose the HTTP status, so one status request finds out whether
-   * the key was missing or rejected. apiFetch then asks for a key, and the stream opens
+   * the key was missing or rejected. apiFetch then opens the key dialog, and the stream opens
    * again with it. Any other failure falls back to polling.
    */
   async function recoverStream(job) {

@@ -43,7 +43,10 @@ class RunningScout:
 
 
 def make_settings(data_dir: Path, **env: str) -> Settings:
-    """Settings for a test: offline providers, the test corpus and `data_dir`, unless `env` says otherwise."""
+    """Return settings with offline providers, the test corpus and `data_dir`.
+
+    Variables in `env` override those defaults.
+    """
     base = {
         "SCOUT_DATA_DIR": str(data_dir),
         "SCOUT_CORPUS_DIR": str(CORPUS_DIR),

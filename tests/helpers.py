@@ -46,14 +46,14 @@ async def wait_for_status(
     client: httpx.AsyncClient, job_id: str, statuses: Iterable[str], timeout: float = 20.0
 ) -> dict[str, Any]:
     """Poll GET /status until the job is in one of `statuses`; return its view."""
-    wanted = set(statuses)
+    targets = set(statuses)
     view: dict[str, Any] = {}
     async with asyncio.timeout(timeout):
         while True:
             response = await client.get(f"/status/{job_id}")
             assert response.status_code == 200, response.text
             view = response.json()
-            if view["status"] in wanted:
+            if view["status"] in targets:
                 return view
             await asyncio.sleep(0.02)
 

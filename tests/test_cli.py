@@ -87,7 +87,7 @@ async def test_research_sends_api_key(tmp_path: Path):
 
 async def test_loadtest_sends_api_key(tmp_path: Path):
     key = "cli-test-key-9876543210"
-    # The load test asks about Scout itself, which the project's docs/ corpus answers.
+    # The load test's questions are about Scout itself, which the project's docs/ corpus covers.
     settings = make_settings(
         tmp_path / "data", SCOUT_API_KEYS=key, SCOUT_CORPUS_DIR=str(PROJECT_DIR / "docs")
     )

@@ -455,7 +455,7 @@ async def test_page_asks_for_key_once(tmp_path: Path) -> None:
         dialog = page.get_by_role("dialog", name="API key required")
         auth_button = page.locator("#auth-button")
 
-        # The first request gets 401, so the page asks for a key. A wrong key is rejected.
+        # The first request gets 401, so the page opens the key dialog. A wrong key is rejected.
         await page.goto(scout.base_url + "/")
         await expect(dialog).to_be_visible()
         await expect(dialog).to_contain_text("needs an API key")
@@ -504,7 +504,7 @@ async def test_page_asks_for_key_once(tmp_path: Path) -> None:
         other_status = await other_client.get(f"/status/{job_id}")
         assert other_status.status_code == 404
 
-        # Forget key drops the key and what the page showed; the next request asks again.
+        # Forget key drops the key and what the page showed, so the next request opens the dialog.
         await auth_button.click()
         assert await stored_key(page) is None
         await expect(page.locator("#job")).to_be_hidden()
@@ -520,7 +520,7 @@ async def test_page_asks_for_key_once(tmp_path: Path) -> None:
         await expect(dialog).to_be_hidden()
         await expect(page.locator("#recent-message")).to_contain_text("needs an API key")
 
-        # The header button asks for the key on request.
+        # The header button opens the key dialog.
         await auth_button.click()
         await enter_key(page, PAGE_KEY)
         await expect(dialog).to_be_hidden()

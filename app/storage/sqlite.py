@@ -222,11 +222,11 @@ class SqliteStorage:
         assert not unknown, f"not updatable: {unknown}"
         values = {k: orjson.dumps(v) if k == "decision" else v for k, v in fields.items()}
         assignments = "".join(f", {name} = ?" for name in values)
-        wanted = list(expected)
+        allowed = list(expected)
 
         async with self._transaction() as db:
             current = await self._job(db, job_id)
-            if current is None or current.status not in wanted:
+            if current is None or current.status not in allowed:
                 raise JobConflict(job_id, current.status if current else None)
             if owner is not None:
                 await self._check_lease(db, job_id, owner)

@@ -163,8 +163,8 @@ class NvidiaModel:
     def _retry_after(self, exc: BaseException) -> float | None:
         """Read `Retry-After` from the client's last response, which ChatNVIDIA does not surface.
 
-        NOTE: with concurrent calls the last response may belong to another call; its
-        wait is then a close estimate, because both came from the same endpoint.
+        NOTE: with concurrent calls the last response may belong to another call. Its wait
+        is then an estimate, taken from the same endpoint.
         """
         response = getattr(getattr(self.chat, "_async_client", None), "last_response", None)
         if response is None or getattr(response, "status", None) != 429:

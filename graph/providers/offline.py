@@ -134,13 +134,13 @@ def _stem(word: str) -> str:
 def _best_sentences(
     step: PlanStep, question: str, step_sources: Sequence[Source], used: set[str]
 ) -> list[tuple[str, int]]:
-    wanted = {_stem(word) for word in keywords(" ".join([step.goal, question, *step.queries]))}
+    step_words = {_stem(word) for word in keywords(" ".join([step.goal, question, *step.queries]))}
     scored: list[tuple[int, int, str, int]] = []
     for rank, source in enumerate(step_sources):
         for sentence in sentences(source["content"]):
             if sentence in used or len(sentence) < 30:
                 continue
-            overlap = len(wanted.intersection(_stem(word) for word in keywords(sentence)))
+            overlap = len(step_words.intersection(_stem(word) for word in keywords(sentence)))
             # The search ranked these sources for the step's queries, so a sentence with no
             # shared word still qualifies, after every sentence that shares one.
             scored.append((-overlap, rank, sentence, source["id"]))

@@ -87,7 +87,7 @@ def parse_retry_after(value: str | float | None) -> float | None:
 async def retrying(
     call: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
-    what: str,
+    call_name: str,
     retry_after: Callable[[BaseException], float | None] | None = None,
 ) -> T:
     """Run `call` until it succeeds, fails for good, or uses up `policy.max_tries`.
@@ -104,7 +104,7 @@ async def retrying(
             failure = classify(exc)
             if not failure.transient or attempt >= policy.max_tries:
                 if failure.transient:
-                    logger.warning("%s failed after %d tries: %s", what, attempt, exc)
+                    logger.warning("%s failed after %d tries: %s", call_name, attempt, exc)
                 raise
             wait = failure.retry_after_s
             if wait is None and retry_after is not None:
@@ -113,7 +113,7 @@ async def retrying(
                 wait = policy.backoff_s(attempt)
             logger.info(
                 "%s failed (%s); retry %d of %d in %.2f s",
-                what,
+                call_name,
                 "rate limited" if failure.rate_limited else _short(exc),
                 attempt,
                 policy.max_tries - 1,
